@@ -1,0 +1,1 @@
+//! Examples of split drivers and services built on xenring; see `examples/`.

@@ -1,0 +1,1 @@
+//! Helpers shared by xenring's whole-system tests (see `tests/`).

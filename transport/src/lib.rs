@@ -1,0 +1,15 @@
+//! # xenring
+//!
+//! An async inter-domain shared-ring transport for Xen, on tokio.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`abi`] | typed views over every shared binary format |
+//! | [`shm`] | mapped shared memory (one of two modules with `unsafe`) |
+//! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
+//! | [`platform`] | the small traits all protocol code is written against |
+//! | [`sim`] | the simulated Xen host and its domain-side client |
+#![deny(missing_docs)]
+
+pub mod abi;
+pub mod shm;
