@@ -12,7 +12,13 @@
 //!
 //! All integers are little-endian (x86_64 and arm64 Xen guests).
 
+pub mod blkif;
 pub mod grant;
+pub mod netif;
+pub mod ring;
+pub mod vchan;
+pub mod xenbus;
+pub mod xs_wire;
 
 use core::ops::Range;
 
@@ -53,6 +59,9 @@ pub(crate) fn check_len(what: &'static str, buf: &[u8], need: usize) -> Result<(
 pub(crate) fn get_u8(b: &[u8], r: usize) -> u8 {
     b[r]
 }
+pub(crate) fn set_u8(b: &mut [u8], r: usize, v: u8) {
+    b[r] = v
+}
 pub(crate) fn get_u16(b: &[u8], r: Range<usize>) -> u16 {
     u16::from_le_bytes(b[r].try_into().expect("field is 2 bytes"))
 }
@@ -62,7 +71,13 @@ pub(crate) fn get_u32(b: &[u8], r: Range<usize>) -> u32 {
 pub(crate) fn get_u64(b: &[u8], r: Range<usize>) -> u64 {
     u64::from_le_bytes(b[r].try_into().expect("field is 8 bytes"))
 }
+pub(crate) fn get_i16(b: &[u8], r: Range<usize>) -> i16 {
+    i16::from_le_bytes(b[r].try_into().expect("field is 2 bytes"))
+}
 pub(crate) fn set_u16(b: &mut [u8], r: Range<usize>, v: u16) {
+    b[r].copy_from_slice(&v.to_le_bytes())
+}
+pub(crate) fn set_i16(b: &mut [u8], r: Range<usize>, v: i16) {
     b[r].copy_from_slice(&v.to_le_bytes())
 }
 pub(crate) fn set_u32(b: &mut [u8], r: Range<usize>, v: u32) {
