@@ -12,4 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod grant;
+pub mod platform;
 pub mod shm;
+pub mod sim;

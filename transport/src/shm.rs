@@ -364,6 +364,22 @@ pub fn memfd(name: &str, len: u64) -> Result<OwnedFd, ShmError> {
     Ok(fd)
 }
 
+/// Registers `fd` with the current tokio runtime for readiness (the waiting
+/// half of shared-memory signalling: eventfds and event-channel devices).
+///
+/// # Panics
+/// Outside a tokio runtime (as tokio does).
+pub fn register_async_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor that stays open, and
+    // refers to the same open file description, until it is dropped; the
+    // AsyncFd owns it, so that lasts the AsyncFd's whole life, and
+    // `as_raw_fd` on an OwnedFd always returns that same descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,911 @@
+//! The domain side of the simulated host: [`SimDomain`] implements
+//! [`Platform`] for a process (or a task in a test) that joined the host as
+//! one domain.
+//!
+//! Granting is done here, in the domain's own grant table (shared memory the
+//! host also maps), by the seed's rules; no host call is needed. Mapping,
+//! copying, transferring and port management are host calls over the control
+//! socket. Notifications go straight to the peer's eventfd.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::host::{ENV_DOMID, ENV_SOCKET};
+use super::report::HostReport;
+use super::wire::{recv_packet, send_packet, Reply, Request, WireCopy, WirePtr};
+use crate::abi::grant::GnttabStatus;
+use crate::grant::{GrantTable, Reclaim};
+use crate::platform::{
+    Access, CopyPtr, DomId, EventChannel, ForeignMapping, GrantCopy, GrantRef, LocalPages,
+    Platform, PlatformError, Port, Result, SharedPages, TransferSlot, UnmapNotify,
+};
+use crate::shm::{Protection, Region, PAGE_SIZE};
+
+#[derive(Debug)]
+struct Inner {
+    domid: DomId,
+    conn: Mutex<OwnedFd>,
+    mem_fd: OwnedFd,
+    table: GrantTable,
+    /// Shares whose end was refused while the peer mapped them; retried.
+    deferred: Mutex<Vec<ShareState>>,
+    /// Open ports and where their notifications go.
+    ports: Mutex<HashMap<Port, Arc<OwnedFd>>>,
+}
+
+/// A domain of the simulated host, as seen from inside it.
+#[derive(Debug, Clone)]
+pub struct SimDomain {
+    inner: Arc<Inner>,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlatformError {
+    let what = what.into();
+    move |source| PlatformError::Io { what, source }
+}
+
+fn reply_error(r: Reply) -> PlatformError {
+    match r {
+        Reply::Status { status, message } => match GnttabStatus::from_raw(status) {
+            Some(status) => PlatformError::Gnttab {
+                what: message,
+                status,
+            },
+            None => PlatformError::Protocol(format!("{message}: unknown status {status}")),
+        },
+        Reply::Errno { errno, message } => PlatformError::Errno {
+            what: message,
+            errno,
+        },
+        other => PlatformError::Protocol(format!("unexpected reply {other:?}")),
+    }
+}
+
+fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    let what = || format!("simulated host request {req:?}");
+    send_packet(conn.as_fd(), &req.encode(), &[]).map_err(io_err(what()))?;
+    let (bytes, fds) = recv_packet(conn.as_fd())
+        .map_err(io_err(what()))?
+        .ok_or_else(|| PlatformError::Io {
+            what: what(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the simulated host closed the connection (domain destroyed or host stopped)",
+            ),
+        })?;
+    let reply = Reply::decode(&bytes).map_err(io_err(what()))?;
+    Ok((reply, fds))
+}
+
+fn connect_to(socket: &Path) -> Result<OwnedFd> {
+    let what = || format!("connect to the simulated host at {}", socket.display());
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err(what())(e.into()))?;
+    let addr = SocketAddrUnix::new(socket).map_err(|e| io_err(what())(e.into()))?;
+    connect(&fd, &addr)
+        .map_err(|e| io_err(format!("{}; is the sim host running?", what()))(e.into()))?;
+    Ok(fd)
+}
+
+impl SimDomain {
+    /// Joins the host at `socket` as domain `domid`.
+    pub fn connect(socket: impl AsRef<Path>, domid: DomId) -> Result<SimDomain> {
+        let conn = connect_to(socket.as_ref())?;
+        let (reply, mut fds) = call_on(&conn, &Request::Join { domid })?;
+        let Reply::Joined { gnttab_entries, .. } = reply else {
+            return Err(reply_error(reply));
+        };
+        if fds.len() != 2 {
+            return Err(PlatformError::Protocol(format!(
+                "join passed {} fds, expected 2",
+                fds.len()
+            )));
+        }
+        let gnttab_fd = fds.pop().expect("2 fds");
+        let mem_fd = fds.pop().expect("2 fds");
+        let region = Region::map_fd(
+            gnttab_fd.as_fd(),
+            0,
+            gnttab_entries as usize * crate::grant::table::ENTRY_SIZE,
+            Protection::ReadWrite,
+        )?;
+        tracing::debug!(domid, "joined the simulated host");
+        Ok(SimDomain {
+            inner: Arc::new(Inner {
+                domid,
+                conn: Mutex::new(conn),
+                mem_fd,
+                table: GrantTable::new(region),
+                deferred: Mutex::new(Vec::new()),
+                ports: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Joins the host named by `XENRING_SIM_SOCKET` as the domain named by
+    /// `XENRING_DOMID` (what `xenring-sim exec` sets).
+    pub fn from_env() -> Result<SimDomain> {
+        let socket = std::env::var_os(ENV_SOCKET).ok_or_else(|| {
+            PlatformError::Protocol(format!(
+                "{ENV_SOCKET} is not set; run under `xenring-sim exec`"
+            ))
+        })?;
+        let domid = std::env::var(ENV_DOMID)
+            .ok()
+            .and_then(|v| v.parse::<DomId>().ok())
+            .ok_or_else(|| {
+                PlatformError::Protocol(format!("{ENV_DOMID} is not set to a domain id"))
+            })?;
+        SimDomain::connect(socket, domid)
+    }
+
+    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+        self.inner.call(req)
+    }
+
+    /// This domain's grant table.
+    pub fn grant_table(&self) -> &GrantTable {
+        &self.inner.table
+    }
+
+    /// The host's report (any domain may ask).
+    pub fn host_report(&self) -> Result<HostReport> {
+        match self.call(&Request::Report)?.0 {
+            Reply::Report(r) => Ok(r),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Notifies by port number, as the evtchn device does: refused with
+    /// `EINVAL` for a port this domain does not have open.
+    pub fn notify_port(&self, port: Port) -> Result<()> {
+        let send = self
+            .inner
+            .ports
+            .lock()
+            .expect("ports lock")
+            .get(&port)
+            .cloned();
+        match send {
+            Some(fd) => {
+                super::hv::signal(&fd);
+                Ok(())
+            }
+            None => Err(PlatformError::Errno {
+                what: format!(
+                    "notify on port {port} of domain {}: port is closed",
+                    self.inner.domid
+                ),
+                errno: crate::platform::libc_errno::EINVAL,
+            }),
+        }
+    }
+
+    /// Unmaps a mapping handle directly (misuse tests: a second unmap of the
+    /// same handle is refused with `GNTST_bad_handle`).
+    pub fn unmap_handle(&self, handle: u64) -> Result<()> {
+        self.inner.expect_ok(&Request::Unmap { handle })
+    }
+
+    /// Retries ending the shares whose end was refused earlier; returns how
+    /// many are still waiting for the peer to unmap.
+    pub fn retry_deferred(&self) -> usize {
+        self.inner.retry_deferred()
+    }
+
+    /// Destroys domain `domid` (only dom0 may).
+    pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
+        self.inner.expect_ok(&Request::Destroy { domid })
+    }
+
+    fn map_frames(&self, frames: &[u64], prot: Protection) -> Result<Region> {
+        Ok(Region::map_pages_of(
+            self.inner.mem_fd.as_fd(),
+            frames,
+            prot,
+        )?)
+    }
+
+    fn alloc_frames(&self, count: usize) -> Result<Vec<u64>> {
+        match self
+            .call(&Request::AllocPages {
+                count: count as u32,
+            })?
+            .0
+        {
+            Reply::Frames { frames } => Ok(frames),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    fn local_pages(&self, frames: Vec<u64>) -> Result<SimPages> {
+        match self.map_frames(&frames, Protection::ReadWrite) {
+            Ok(region) => Ok(SimPages {
+                dom: self.inner.clone(),
+                frames,
+                region: Some(region),
+            }),
+            Err(e) => {
+                let _ = self.inner.expect_ok(&Request::FreePages { frames });
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+        let conn = self.conn.lock().expect("conn lock");
+        call_on(&conn, req)
+    }
+
+    fn expect_ok(&self, req: &Request) -> Result<()> {
+        match self.call(req)?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    fn retry_deferred(&self) -> usize {
+        let mut list = std::mem::take(&mut *self.deferred.lock().expect("deferred lock"));
+        list.retain_mut(|s| s.try_end(self).is_err());
+        let n = list.len();
+        self.deferred.lock().expect("deferred lock").extend(list);
+        n
+    }
+}
+
+// ------------------------------------------------------------------ pages
+
+/// Own pages of a simulated domain.
+#[derive(Debug)]
+pub struct SimPages {
+    dom: Arc<Inner>,
+    frames: Vec<u64>,
+    region: Option<Region>,
+}
+
+impl SimPages {
+    /// The machine frames (for tests and reports).
+    pub fn frames(&self) -> &[u64] {
+        &self.frames
+    }
+}
+
+impl LocalPages for SimPages {
+    fn memory(&self) -> &Region {
+        self.region.as_ref().expect("mapped until dropped")
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+impl Drop for SimPages {
+    fn drop(&mut self) {
+        self.region.take();
+        if !self.frames.is_empty() {
+            let frames = std::mem::take(&mut self.frames);
+            if let Err(e) = self.dom.expect_ok(&Request::FreePages { frames }) {
+                tracing::warn!(error = %e, "freeing pages failed");
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------- shares
+
+/// What a share holds, without a handle on the domain (so the deferred list
+/// does not keep the domain alive).
+#[derive(Debug, Default)]
+struct ShareState {
+    refs: Vec<GrantRef>,
+    ended: Vec<bool>,
+    frames: Vec<u64>,
+    notifies: Vec<u64>,
+    region: Option<Region>,
+}
+
+impl ShareState {
+    /// Ends what is not ended yet; when all is, fires the notifications and
+    /// frees the pages.
+    fn try_end(&mut self, dom: &Inner) -> Result<()> {
+        let mut first_err = None;
+        for (r, ended) in self.refs.iter().zip(self.ended.iter_mut()) {
+            if *ended {
+                continue;
+            }
+            match dom.table.end_access(*r) {
+                Ok(()) => {
+                    *ended = true;
+                    dom.table.release(*r)?;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+        for id in std::mem::take(&mut self.notifies) {
+            dom.expect_ok(&Request::FireNotify { id })?;
+        }
+        self.region.take();
+        if !self.frames.is_empty() {
+            dom.expect_ok(&Request::FreePages {
+                frames: std::mem::take(&mut self.frames),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Pages of a simulated domain granted to a peer.
+#[derive(Debug)]
+pub struct SimShare {
+    dom: Arc<Inner>,
+    peer: DomId,
+    state: ShareState,
+}
+
+impl SharedPages for SimShare {
+    fn peer(&self) -> DomId {
+        self.peer
+    }
+    fn refs(&self) -> &[GrantRef] {
+        &self.state.refs
+    }
+    fn memory(&self) -> &Region {
+        self.state.region.as_ref().expect("mapped until ended")
+    }
+    fn set_unmap_notify(&mut self, n: UnmapNotify) -> Result<()> {
+        let id = add_notify(&self.dom, 0, &self.state.frames, n)?;
+        self.state.notifies.push(id);
+        Ok(())
+    }
+    fn end(mut self: Box<Self>) -> Result<(), (Box<dyn SharedPages>, PlatformError)> {
+        match self.state.try_end(&self.dom) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((self, e)),
+        }
+    }
+}
+
+impl Drop for SimShare {
+    fn drop(&mut self) {
+        if self.state.refs.is_empty() && self.state.frames.is_empty() {
+            return;
+        }
+        if let Err(e) = self.state.try_end(&self.dom) {
+            tracing::debug!(error = %e, "share still mapped at drop; ending it later");
+            let state = std::mem::take(&mut self.state);
+            self.dom.deferred.lock().expect("deferred lock").push(state);
+        }
+    }
+}
+
+fn add_notify(dom: &Inner, mapping: u64, frames: &[u64], n: UnmapNotify) -> Result<u64> {
+    let (frame, offset) = match n.clear_byte {
+        Some(off) => {
+            let page = off / PAGE_SIZE;
+            let frame = *frames.get(page).ok_or_else(|| {
+                PlatformError::Protocol(format!(
+                    "unmap notification byte {off} is outside the {} pages",
+                    frames.len()
+                ))
+            })?;
+            (frame, (off % PAGE_SIZE) as u16)
+        }
+        None => (frames[0], 0),
+    };
+    let req = Request::AddNotify {
+        mapping,
+        frame,
+        offset,
+        clear: n.clear_byte.is_some(),
+        port: n.event.unwrap_or(0),
+        event: n.event.is_some(),
+    };
+    match dom.call(&req)?.0 {
+        Reply::NotifyId { id } => Ok(id),
+        other => Err(reply_error(other)),
+    }
+}
+
+// --------------------------------------------------------------- mappings
+
+/// A peer's grants mapped into a simulated domain.
+#[derive(Debug)]
+pub struct SimMapping {
+    dom: Arc<Inner>,
+    peer: DomId,
+    refs: Vec<GrantRef>,
+    handle: u64,
+    frames: Vec<u64>,
+    region: Option<Region>,
+}
+
+impl SimMapping {
+    /// The host's handle for this mapping.
+    pub fn handle(&self) -> u64 {
+        self.handle
+    }
+
+    fn do_unmap(&mut self) -> Result<()> {
+        if self.region.take().is_none() {
+            return Ok(());
+        }
+        self.dom.expect_ok(&Request::Unmap {
+            handle: self.handle,
+        })
+    }
+}
+
+impl ForeignMapping for SimMapping {
+    fn peer(&self) -> DomId {
+        self.peer
+    }
+    fn refs(&self) -> &[GrantRef] {
+        &self.refs
+    }
+    fn memory(&self) -> &Region {
+        self.region.as_ref().expect("mapped until unmapped")
+    }
+    fn set_unmap_notify(&mut self, n: UnmapNotify) -> Result<()> {
+        add_notify(&self.dom, self.handle, &self.frames, n).map(|_| ())
+    }
+    fn unmap(mut self: Box<Self>) -> Result<()> {
+        self.do_unmap()
+    }
+}
+
+impl Drop for SimMapping {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmap() {
+            tracing::warn!(error = %e, "unmap at drop failed");
+        }
+    }
+}
+
+// ------------------------------------------------------------ transfers
+
+/// An accept_transfer slot of a simulated domain.
+#[derive(Debug)]
+pub struct SimSlot {
+    dom: SimDomain,
+    peer: DomId,
+    gref: Option<GrantRef>,
+}
+
+impl SimSlot {
+    fn page(&self, frame: u32) -> Result<Box<dyn LocalPages>> {
+        Ok(Box::new(self.dom.local_pages(vec![u64::from(frame)])?))
+    }
+
+    fn do_reclaim(&mut self) -> Result<Option<Box<dyn LocalPages>>> {
+        let Some(gref) = self.gref.take() else {
+            return Ok(None);
+        };
+        let table = &self.dom.inner.table;
+        let got = table.reclaim_transfer(gref)?;
+        table.release(gref)?;
+        match got {
+            Reclaim::NotFilled => Ok(None),
+            Reclaim::Filled(frame) => self.page(frame).map(Some),
+        }
+    }
+}
+
+impl TransferSlot for SimSlot {
+    fn peer(&self) -> DomId {
+        self.peer
+    }
+    fn gref(&self) -> GrantRef {
+        self.gref.expect("slot is armed until reclaimed")
+    }
+    fn take(&mut self) -> Result<Option<Box<dyn LocalPages>>> {
+        let gref = self.gref();
+        let table = &self.dom.inner.table;
+        let Some(frame) = table.take_completed(gref)? else {
+            return Ok(None);
+        };
+        table.offer_transfer(gref, self.peer)?;
+        self.page(frame).map(Some)
+    }
+    fn reclaim(mut self: Box<Self>) -> Result<Option<Box<dyn LocalPages>>> {
+        self.do_reclaim()
+    }
+}
+
+impl Drop for SimSlot {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_reclaim() {
+            tracing::warn!(error = %e, "reclaiming a transfer slot at drop failed");
+        }
+    }
+}
+
+// --------------------------------------------------------- event channels
+
+/// An event-channel port of a simulated domain: an eventfd we read and the
+/// peer's eventfd we write.
+#[derive(Debug)]
+pub struct SimChannel {
+    dom: Arc<Inner>,
+    port: Port,
+    remote: DomId,
+    recv: OwnedFd,
+    send: Arc<OwnedFd>,
+    afd: OnceLock<AsyncFd<OwnedFd>>,
+    closed: bool,
+}
+
+impl SimChannel {
+    fn afd(&self) -> std::io::Result<&AsyncFd<OwnedFd>> {
+        if let Some(a) = self.afd.get() {
+            return Ok(a);
+        }
+        let a = crate::shm::register_async_fd(self.recv.try_clone()?, Interest::READABLE)?;
+        let _ = self.afd.set(a);
+        Ok(self.afd.get().expect("just set"))
+    }
+
+    fn do_close(&mut self) -> Result<()> {
+        if std::mem::replace(&mut self.closed, true) {
+            return Ok(());
+        }
+        self.dom
+            .ports
+            .lock()
+            .expect("ports lock")
+            .remove(&self.port);
+        self.dom.expect_ok(&Request::ClosePort { port: self.port })
+    }
+}
+
+impl EventChannel for SimChannel {
+    fn local_port(&self) -> Port {
+        self.port
+    }
+    fn remote_domid(&self) -> DomId {
+        self.remote
+    }
+    fn notify(&self) -> Result<()> {
+        super::hv::signal(&self.send);
+        Ok(())
+    }
+    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let afd = match self.afd() {
+            Ok(a) => a,
+            Err(e) => {
+                return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(e)))
+            }
+        };
+        loop {
+            let mut guard = match ready!(afd.poll_read_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => {
+                    return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(e)))
+                }
+            };
+            let mut buf = [0u8; 8];
+            match rustix::io::read(afd.get_ref(), &mut buf) {
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
+                Err(e) => {
+                    return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(
+                        e.into(),
+                    )))
+                }
+            }
+        }
+    }
+    fn close(mut self: Box<Self>) -> Result<()> {
+        self.do_close()
+    }
+}
+
+impl Drop for SimChannel {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_close() {
+            tracing::debug!(error = %e, port = self.port, "closing a port at drop failed");
+        }
+    }
+}
+
+// --------------------------------------------------------------- platform
+
+impl SimDomain {
+    fn channel(&self, remote: DomId, req: Request) -> Result<Box<dyn EventChannel>> {
+        let (reply, mut fds) = self.call(&req)?;
+        let Reply::Port { port } = reply else {
+            return Err(reply_error(reply));
+        };
+        if fds.len() != 2 {
+            return Err(PlatformError::Protocol(format!(
+                "port reply passed {} fds, expected 2",
+                fds.len()
+            )));
+        }
+        let send = Arc::new(fds.pop().expect("2"));
+        let recv = fds.pop().expect("2");
+        self.inner
+            .ports
+            .lock()
+            .expect("ports lock")
+            .insert(port, send.clone());
+        Ok(Box::new(SimChannel {
+            dom: self.inner.clone(),
+            port,
+            remote,
+            recv,
+            send,
+            afd: OnceLock::new(),
+            closed: false,
+        }))
+    }
+
+    fn local_ptr(&self, p: &CopyPtr<'_>, len: u16) -> std::result::Result<WirePtr, GnttabStatus> {
+        match *p {
+            CopyPtr::Grant {
+                domid,
+                gref,
+                offset,
+            } => Ok(WirePtr {
+                is_gref: true,
+                domid,
+                value: u64::from(gref),
+                offset,
+            }),
+            CopyPtr::Local { pages, offset } => {
+                let sim = pages
+                    .as_any()
+                    .downcast_ref::<SimPages>()
+                    .ok_or(GnttabStatus::BadPage)?;
+                let frame = *sim
+                    .frames
+                    .get(offset / PAGE_SIZE)
+                    .ok_or(GnttabStatus::BadCopyArg)?;
+                let off = offset % PAGE_SIZE;
+                if off + len as usize > PAGE_SIZE {
+                    return Err(GnttabStatus::BadCopyArg);
+                }
+                Ok(WirePtr {
+                    is_gref: false,
+                    domid: self.inner.domid,
+                    value: frame,
+                    offset: off as u16,
+                })
+            }
+        }
+    }
+}
+
+impl Platform for SimDomain {
+    fn domid(&self) -> DomId {
+        self.inner.domid
+    }
+
+    fn name(&self) -> &'static str {
+        "sim"
+    }
+
+    fn share_pages(
+        &self,
+        peer: DomId,
+        count: usize,
+        access: Access,
+    ) -> Result<Box<dyn SharedPages>> {
+        if !self
+            .inner
+            .deferred
+            .lock()
+            .expect("deferred lock")
+            .is_empty()
+        {
+            self.retry_deferred();
+        }
+        let frames = self.alloc_frames(count)?;
+        let mut share = SimShare {
+            dom: self.inner.clone(),
+            peer,
+            state: ShareState {
+                refs: Vec::with_capacity(count),
+                ended: Vec::with_capacity(count),
+                frames: frames.clone(),
+                notifies: Vec::new(),
+                region: None,
+            },
+        };
+        // On any error below, dropping `share` ends what was granted and
+        // frees the frames.
+        for f in &frames {
+            let gref = self.inner.table.allocate()?;
+            share.state.refs.push(gref);
+            share.state.ended.push(false);
+            let frame = u32::try_from(*f)
+                .map_err(|_| PlatformError::Protocol(format!("frame {f:#x} beyond 32 bits")))?;
+            self.inner
+                .table
+                .grant_access(gref, peer, frame, access == Access::ReadOnly)?;
+        }
+        share.state.region = Some(self.map_frames(&frames, Protection::ReadWrite)?);
+        Ok(Box::new(share))
+    }
+
+    fn map_grants(
+        &self,
+        peer: DomId,
+        refs: &[GrantRef],
+        access: Access,
+    ) -> Result<Box<dyn ForeignMapping>> {
+        let req = Request::Map {
+            granter: peer,
+            writable: access.writable(),
+            refs: refs.to_vec(),
+        };
+        let (handle, frames) = match self.call(&req)?.0 {
+            Reply::Mapped { handle, frames } => (handle, frames),
+            other => return Err(reply_error(other)),
+        };
+        let prot = if access.writable() {
+            Protection::ReadWrite
+        } else {
+            Protection::ReadOnly
+        };
+        let mut m = SimMapping {
+            dom: self.inner.clone(),
+            peer,
+            refs: refs.to_vec(),
+            handle,
+            frames,
+            region: None,
+        };
+        // Dropping `m` on a failed mmap unmaps on the host.
+        let region = self.map_frames(&m.frames, prot);
+        m.region = Some(region.inspect_err(|_| {
+            let _ = self.inner.expect_ok(&Request::Unmap { handle });
+        })?);
+        Ok(Box::new(m))
+    }
+
+    fn alloc_pages(&self, count: usize) -> Result<Box<dyn LocalPages>> {
+        let frames = self.alloc_frames(count)?;
+        Ok(Box::new(self.local_pages(frames)?))
+    }
+
+    fn grant_copy(&self, ops: &mut [GrantCopy<'_>]) -> Result<()> {
+        let mut wire = Vec::with_capacity(ops.len());
+        let mut idx = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter_mut().enumerate() {
+            match (
+                self.local_ptr(&op.source, op.len),
+                self.local_ptr(&op.dest, op.len),
+            ) {
+                (Ok(src), Ok(dst)) => {
+                    wire.push(WireCopy {
+                        src,
+                        dst,
+                        len: op.len,
+                    });
+                    idx.push(i);
+                }
+                (Err(s), _) | (_, Err(s)) => op.status = s,
+            }
+        }
+        if wire.is_empty() {
+            return Ok(());
+        }
+        match self.call(&Request::Copy { ops: wire })?.0 {
+            Reply::Statuses { statuses } if statuses.len() == idx.len() => {
+                for (i, s) in idx.into_iter().zip(statuses) {
+                    ops[i].status = GnttabStatus::from_raw(s).unwrap_or(GnttabStatus::GeneralError);
+                }
+                Ok(())
+            }
+            other => Err(reply_error(other)),
+        }
+    }
+
+    fn offer_transfer_slot(&self, peer: DomId) -> Result<Box<dyn TransferSlot>> {
+        let gref = self.inner.table.allocate()?;
+        self.inner.table.offer_transfer(gref, peer)?;
+        Ok(Box::new(SimSlot {
+            dom: self.clone(),
+            peer,
+            gref: Some(gref),
+        }))
+    }
+
+    fn transfer_page(&self, page: Box<dyn LocalPages>, peer: DomId, gref: GrantRef) -> Result<()> {
+        let mut page =
+            page.into_any()
+                .downcast::<SimPages>()
+                .map_err(|_| PlatformError::Gnttab {
+                    what: "transfer of a page that is not a simulated domain's page".into(),
+                    status: GnttabStatus::BadPage,
+                })?;
+        if page.frames.len() != 1 {
+            return Err(PlatformError::Gnttab {
+                what: format!(
+                    "transfer of {} pages at once: one page per transfer",
+                    page.frames.len()
+                ),
+                status: GnttabStatus::BadPage,
+            });
+        }
+        // Our mapping goes first: the page is not ours any more.
+        page.region.take();
+        let frame = page.frames.pop().expect("one frame");
+        self.inner.expect_ok(&Request::Transfer {
+            frame,
+            to: peer,
+            gref,
+        })
+    }
+
+    fn alloc_unbound_port(&self, remote: DomId) -> Result<Box<dyn EventChannel>> {
+        self.channel(remote, Request::AllocUnbound { remote })
+    }
+
+    fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Box<dyn EventChannel>> {
+        self.channel(
+            remote,
+            Request::BindInterdomain {
+                remote,
+                port: remote_port,
+            },
+        )
+    }
+}
+
+/// An administrator's connection to the host: reports and domain
+/// destruction, for tools and tests in other processes.
+#[derive(Debug)]
+pub struct SimAdmin {
+    conn: OwnedFd,
+}
+
+impl SimAdmin {
+    /// Connects to the host at `socket` as an administrator.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<SimAdmin> {
+        let conn = connect_to(socket.as_ref())?;
+        match call_on(&conn, &Request::Admin)?.0 {
+            Reply::Ok => Ok(SimAdmin { conn }),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// What every domain holds.
+    pub fn report(&self) -> Result<HostReport> {
+        match call_on(&self.conn, &Request::Report)?.0 {
+            Reply::Report(r) => Ok(r),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Destroys a domain.
+    pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
+        match call_on(&self.conn, &Request::Destroy { domid })?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(reply_error(other)),
+        }
+    }
+}

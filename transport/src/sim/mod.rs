@@ -1,0 +1,34 @@
+//! The simulated Xen host.
+//!
+//! One host (in its own process, `xenring-sim run`, or inside a test with
+//! [`SimHost::start`]) owns machine memory (one sparse memfd), who owns each
+//! frame, one grant table per domain in shared memory, and the event-channel
+//! table. Processes join it as domains over a control socket
+//! ([`SimDomain::connect`], or [`SimDomain::from_env`] under
+//! `xenring-sim exec --domid N -- CMD`).
+//!
+//! ```text
+//!   domain 1 process                host process                domain 0 process
+//!   ----------------                ------------                ----------------
+//!   grant table (writes) ==shm==> grant tables (CAS on map)
+//!   share_pages: no host call
+//!                                 map(1, refs) <--- control --- map_grants
+//!                                  pin entries, answer frames    mmap frames
+//!   notify: write(eventfd) ------------------------------------> poll_event
+//! ```
+//!
+//! Nothing here is a security boundary (every domain can mmap all machine
+//! memory), but the host checks every rule Xen checks, refuses misuse with
+//! Xen's status codes, and reports per domain what is still granted, mapped
+//! or bound ([`HostReport`]) so that tests can assert nothing leaked.
+
+mod domain;
+mod host;
+mod hv;
+pub mod report;
+mod wire;
+
+pub use domain::{SimAdmin, SimChannel, SimDomain, SimMapping, SimPages, SimShare, SimSlot};
+pub use host::{SimHost, ENV_DOMID, ENV_SOCKET};
+pub use hv::HostConfig;
+pub use report::{DomainReport, DomainState, HostReport};

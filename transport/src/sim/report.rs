@@ -1,0 +1,141 @@
+//! The simulated host's account of what each domain still holds, so that a
+//! test can end by asserting that nothing leaked.
+
+use std::fmt;
+
+/// Life of a domain on the simulated host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DomainState {
+    /// Its process is connected.
+    Running = 0,
+    /// Its process is gone but other domains still map its pages: its
+    /// granted frames live on until they are unmapped (as Xen keeps a
+    /// zombie domain).
+    Dying = 1,
+}
+
+impl DomainState {
+    pub(crate) fn from_u8(v: u8) -> Option<DomainState> {
+        match v {
+            0 => Some(DomainState::Running),
+            1 => Some(DomainState::Dying),
+            _ => None,
+        }
+    }
+}
+
+/// What one domain holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainReport {
+    /// The domain.
+    pub domid: u16,
+    /// Running or dying.
+    pub state: DomainState,
+    /// Machine frames it owns.
+    pub frames_owned: u64,
+    /// Valid entries in its grant table (granted to someone).
+    pub grants_valid: u32,
+    /// Of those, entries another domain has mapped now.
+    pub grants_mapped_by_peers: u32,
+    /// Mappings of other domains' grants it holds.
+    pub mappings: u32,
+    /// Pages in those mappings.
+    pub mapped_pages: u32,
+    /// Event-channel ports it has open.
+    pub ports: u32,
+    /// Unmap notifications registered and not yet fired.
+    pub notifies: u32,
+}
+
+impl DomainReport {
+    /// True if the domain holds nothing.
+    pub fn is_clean(&self) -> bool {
+        self.frames_owned == 0
+            && self.grants_valid == 0
+            && self.grants_mapped_by_peers == 0
+            && self.mappings == 0
+            && self.mapped_pages == 0
+            && self.ports == 0
+            && self.notifies == 0
+    }
+}
+
+impl fmt::Display for DomainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "domain {} ({:?}): {} frames owned, {} grants valid ({} mapped by peers), \
+             {} mappings ({} pages), {} ports, {} unmap notifications",
+            self.domid,
+            self.state,
+            self.frames_owned,
+            self.grants_valid,
+            self.grants_mapped_by_peers,
+            self.mappings,
+            self.mapped_pages,
+            self.ports,
+            self.notifies
+        )
+    }
+}
+
+/// The whole host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    /// Frames free for allocation.
+    pub free_frames: u64,
+    /// Frames whose owner died while they were still mapped elsewhere.
+    pub orphan_frames: u64,
+    /// One entry per existing domain, by domid.
+    pub domains: Vec<DomainReport>,
+}
+
+impl HostReport {
+    /// The domain's entry, if it exists.
+    pub fn domain(&self, domid: u16) -> Option<&DomainReport> {
+        self.domains.iter().find(|d| d.domid == domid)
+    }
+
+    /// Domains that hold anything, and orphaned frames, as lines of text;
+    /// empty if nothing leaked.
+    pub fn leaks(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|d| !d.is_clean())
+            .map(|d| d.to_string())
+            .collect();
+        if self.orphan_frames != 0 {
+            out.push(format!("{} orphaned frames", self.orphan_frames));
+        }
+        out
+    }
+
+    /// Panics with the list of leaks unless every domain is clean.
+    #[track_caller]
+    pub fn assert_clean(&self) {
+        let leaks = self.leaks();
+        assert!(
+            leaks.is_empty(),
+            "simulated host reports leaks:\n  {}",
+            leaks.join("\n  ")
+        );
+    }
+}
+
+impl fmt::Display for HostReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} free frames, {} orphaned frames, {} domains",
+            self.free_frames,
+            self.orphan_frames,
+            self.domains.len()
+        )?;
+        for d in &self.domains {
+            writeln!(f, "  {d}")?;
+        }
+        Ok(())
+    }
+}
