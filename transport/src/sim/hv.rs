@@ -350,9 +350,9 @@ impl Hypervisor {
         };
         let (hdr, fr) = entry_cells(&g.gnttab, gref).ok_or(GnttabStatus::BadGntref)?;
         let frame = u64::from(hv_pin(hdr, fr, mapper, writable)?);
-        if !frames
+        if frames
             .get(frame as usize)
-            .is_some_and(|i| i.owner == Some(granter))
+            .is_none_or(|i| i.owner != Some(granter))
         {
             // Granting a frame it does not own: undo our bits if we set them.
             let first = !g.active.contains_key(&gref);

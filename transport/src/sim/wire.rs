@@ -476,10 +476,8 @@ impl Reply {
 pub fn send_packet(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut anc = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        if !anc.push(SendAncillaryMessage::ScmRights(fds)) {
-            return Err(io::Error::other("too many fds for one control message"));
-        }
+    if !fds.is_empty() && !anc.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many fds for one control message"));
     }
     let n = sendmsg(sock, &[IoSlice::new(data)], &mut anc, SendFlags::NOSIGNAL)?;
     if n != data.len() {
