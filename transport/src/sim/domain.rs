@@ -69,18 +69,23 @@ fn reply_error(r: Reply) -> PlatformError {
     }
 }
 
+fn host_gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the simulated host closed the connection (domain destroyed or host stopped)",
+    )
+}
+
 fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
     let what = || format!("simulated host request {req:?}");
-    send_packet(conn.as_fd(), &req.encode(), &[]).map_err(io_err(what()))?;
+    let gone = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => host_gone(),
+        _ => e,
+    };
+    send_packet(conn.as_fd(), &req.encode(), &[]).map_err(|e| io_err(what())(gone(e)))?;
     let (bytes, fds) = recv_packet(conn.as_fd())
-        .map_err(io_err(what()))?
-        .ok_or_else(|| PlatformError::Io {
-            what: what(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "the simulated host closed the connection (domain destroyed or host stopped)",
-            ),
-        })?;
+        .map_err(|e| io_err(what())(gone(e)))?
+        .ok_or_else(|| io_err(what())(host_gone()))?;
     let reply = Reply::decode(&bytes).map_err(io_err(what()))?;
     Ok((reply, fds))
 }
@@ -209,6 +214,39 @@ impl SimDomain {
     /// Destroys domain `domid` (only dom0 may).
     pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
         self.inner.expect_ok(&Request::Destroy { domid })
+    }
+
+    /// [`Platform::map_grants`], returning the concrete mapping (whose
+    /// [`SimMapping::handle`] tests can use).
+    pub fn map(&self, peer: DomId, refs: &[GrantRef], access: Access) -> Result<SimMapping> {
+        let req = Request::Map {
+            granter: peer,
+            writable: access.writable(),
+            refs: refs.to_vec(),
+        };
+        let (handle, frames) = match self.call(&req)?.0 {
+            Reply::Mapped { handle, frames } => (handle, frames),
+            other => return Err(reply_error(other)),
+        };
+        let prot = if access.writable() {
+            Protection::ReadWrite
+        } else {
+            Protection::ReadOnly
+        };
+        let mut m = SimMapping {
+            dom: self.inner.clone(),
+            peer,
+            refs: refs.to_vec(),
+            handle,
+            frames,
+            region: None,
+        };
+        // `m` has no region yet, so dropping it does not unmap: do it here.
+        let region = self.map_frames(&m.frames, prot);
+        m.region = Some(region.inspect_err(|_| {
+            let _ = self.inner.expect_ok(&Request::Unmap { handle });
+        })?);
+        Ok(m)
     }
 
     fn map_frames(&self, frames: &[u64], prot: Protection) -> Result<Region> {
@@ -756,34 +794,7 @@ impl Platform for SimDomain {
         refs: &[GrantRef],
         access: Access,
     ) -> Result<Box<dyn ForeignMapping>> {
-        let req = Request::Map {
-            granter: peer,
-            writable: access.writable(),
-            refs: refs.to_vec(),
-        };
-        let (handle, frames) = match self.call(&req)?.0 {
-            Reply::Mapped { handle, frames } => (handle, frames),
-            other => return Err(reply_error(other)),
-        };
-        let prot = if access.writable() {
-            Protection::ReadWrite
-        } else {
-            Protection::ReadOnly
-        };
-        let mut m = SimMapping {
-            dom: self.inner.clone(),
-            peer,
-            refs: refs.to_vec(),
-            handle,
-            frames,
-            region: None,
-        };
-        // Dropping `m` on a failed mmap unmaps on the host.
-        let region = self.map_frames(&m.frames, prot);
-        m.region = Some(region.inspect_err(|_| {
-            let _ = self.inner.expect_ok(&Request::Unmap { handle });
-        })?);
-        Ok(Box::new(m))
+        Ok(Box::new(self.map(peer, refs, access)?))
     }
 
     fn alloc_pages(&self, count: usize) -> Result<Box<dyn LocalPages>> {

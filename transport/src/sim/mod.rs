@@ -32,3 +32,6 @@ pub use domain::{SimAdmin, SimChannel, SimDomain, SimMapping, SimPages, SimShare
 pub use host::{SimHost, ENV_DOMID, ENV_SOCKET};
 pub use hv::HostConfig;
 pub use report::{DomainReport, DomainState, HostReport};
+
+#[cfg(test)]
+mod tests;
