@@ -1,1 +1,366 @@
-fn main() {}
+//! `xenring-sim`: the simulated Xen host.
+//!
+//! ```text
+//! xenring-sim run                       # the host, as a daemon (until SIGINT/SIGTERM)
+//! xenring-sim exec --domid N -- CMD     # run CMD as domain N of that host
+//! xenring-sim report [--check]          # what each domain still holds
+//! xenring-sim destroy --domid N         # destroy a domain
+//! xenring-sim smoke                     # two domain processes share, map and ping-pong
+//! ```
+//!
+//! The control socket is `--socket`, else `$XENRING_SIM_SOCKET`, else
+//! `$XDG_RUNTIME_DIR/xenring-sim/control.sock` (or under /tmp).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xenring::platform::Platform;
+use xenring::sim::selftest::{self, Offer};
+use xenring::sim::{
+    default_socket_path, HostConfig, SimAdmin, SimDomain, SimHost, ENV_DOMID, ENV_SOCKET,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xenring-sim",
+    version,
+    about = "The simulated Xen host of xenring"
+)]
+struct Cli {
+    /// Control socket of the host.
+    #[arg(long, global = true, env = ENV_SOCKET)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the host until SIGINT or SIGTERM.
+    Run {
+        /// Machine memory, in 4 KiB frames.
+        #[arg(long, default_value_t = HostConfig::default().machine_frames)]
+        machine_frames: u64,
+        /// Entries per grant table.
+        #[arg(long, default_value_t = HostConfig::default().gnttab_entries)]
+        gnttab_entries: u32,
+    },
+    /// Run a command as a domain of the host.
+    Exec {
+        /// The domain id it joins as.
+        #[arg(long)]
+        domid: u16,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print what every domain still holds.
+    Report {
+        /// Exit with status 1 if anything is held.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Destroy a domain as if its process had died.
+    Destroy {
+        /// The domain.
+        #[arg(long)]
+        domid: u16,
+    },
+    /// Two domain processes share pages, map them and ping-pong events; the
+    /// host must report nothing left afterwards. Uses an embedded host
+    /// unless --socket (or XENRING_SIM_SOCKET) names a running one.
+    Smoke {
+        /// Event round trips.
+        #[arg(long, default_value_t = 10_000)]
+        rounds: u32,
+        /// Pages shared.
+        #[arg(long, default_value_t = 4)]
+        pages: usize,
+    },
+    /// One side of the smoke test, run by `smoke` inside `exec`.
+    #[command(hide = true)]
+    Domain {
+        #[command(subcommand)]
+        role: Role,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    Sharer {
+        #[arg(long)]
+        peer: u16,
+        #[arg(long)]
+        pages: usize,
+        #[arg(long)]
+        rounds: u32,
+        /// After offering, wait to be killed (the death test).
+        #[arg(long)]
+        linger: bool,
+    },
+    Mapper {
+        #[arg(long)]
+        offer: String,
+        #[arg(long)]
+        rounds: u32,
+    },
+    /// Map the offer and wait for the sharer's death notification.
+    Outlive {
+        #[arg(long)]
+        offer: String,
+        #[arg(long, default_value_t = 30)]
+        patience_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli.cmd, cli.socket) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xenring-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin(socket: &Path) -> Result<SimAdmin> {
+    SimAdmin::connect(socket).with_context(|| format!("no simulated host at {}", socket.display()))
+}
+
+fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
+    let socket = &given.clone().unwrap_or_else(default_socket_path);
+    match cmd {
+        Cmd::Run {
+            machine_frames,
+            gnttab_entries,
+        } => {
+            let cfg = HostConfig {
+                machine_frames,
+                gnttab_entries,
+                ..HostConfig::default()
+            };
+            let host = SimHost::start(socket, cfg)
+                .with_context(|| format!("cannot start the host at {}", socket.display()))?;
+            println!("xenring-sim: listening on {}", socket.display());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => r,
+                    _ = term.recv() => Ok(()),
+                }
+            })?;
+            host.shutdown();
+            // Whoever started us may have closed our stdout by now.
+            let _ = writeln!(std::io::stdout(), "xenring-sim: stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Exec { domid, command } => {
+            // Fail early, with the reason, rather than in the child.
+            admin(socket)?;
+            let err = Command::new(&command[0])
+                .args(&command[1..])
+                .env(ENV_SOCKET, socket)
+                .env(ENV_DOMID, domid.to_string())
+                .exec();
+            bail!("cannot run {:?}: {err}", command[0])
+        }
+        Cmd::Report { check } => {
+            let report = admin(socket)?.report()?;
+            print!("{report}");
+            let leaks = report.leaks();
+            if check && !leaks.is_empty() {
+                eprintln!("xenring-sim: {} domains hold resources", leaks.len());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Destroy { domid } => {
+            admin(socket)?.destroy_domain(domid)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Smoke { rounds, pages } => smoke(given, rounds, pages),
+        Cmd::Domain { role } => domain(role),
+    }
+}
+
+fn domain(role: Role) -> Result<ExitCode> {
+    let dom = SimDomain::from_env()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = match role {
+        Role::Sharer {
+            peer,
+            pages,
+            rounds,
+            linger,
+        } => {
+            let (offer, st) = selftest::sharer_start(&dom, peer, pages)?;
+            println!("{offer}");
+            if linger {
+                std::io::Write::flush(&mut std::io::stdout())?;
+                loop {
+                    std::thread::park();
+                }
+            }
+            rt.block_on(selftest::sharer_finish(st, rounds))?
+        }
+        Role::Outlive {
+            offer,
+            patience_secs,
+        } => {
+            let offer: Offer = offer.parse()?;
+            rt.block_on(selftest::mapper_outlives_sharer(
+                &dom,
+                &offer,
+                Duration::from_secs(patience_secs),
+            ))?;
+            let _ = writeln!(
+                std::io::stdout(),
+                "notified: domain {} is gone",
+                offer.domid
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Role::Mapper { offer, rounds } => {
+            let offer: Offer = offer.parse()?;
+            rt.block_on(selftest::mapper(&dom, &offer, rounds))?
+        }
+    };
+    // The reader of our stdout may be gone; the exit status tells the rest.
+    let _ = writeln!(
+        std::io::stdout(),
+        "summary domid={} rounds={} elapsed_ns={}",
+        dom.domid(),
+        summary.rounds,
+        summary.elapsed.as_nanos()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn smoke(given: Option<PathBuf>, rounds: u32, pages: usize) -> Result<ExitCode> {
+    let (embedded, socket) = match given {
+        Some(s) => (None, s),
+        None => {
+            let s = tempdir()?.join("control.sock");
+            (Some(SimHost::start(&s, HostConfig::default())?), s)
+        }
+    };
+    println!("xenring-sim smoke test");
+    match &embedded {
+        Some(_) => println!("  host: embedded, control socket {}", socket.display()),
+        None => println!("  host: running daemon at {}", socket.display()),
+    }
+    let me = std::env::current_exe()?;
+    let spawn = |domid: u16, args: &[String]| -> Result<std::process::Child> {
+        Command::new(&me)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["exec", "--domid", &domid.to_string(), "--"])
+            .arg(&me)
+            .arg("domain")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start a domain process")
+    };
+    let mut sharer = spawn(
+        1,
+        &[
+            "sharer".into(),
+            "--peer=0".into(),
+            format!("--pages={pages}"),
+            format!("--rounds={rounds}"),
+        ],
+    )?;
+    let mut out1 = BufReader::new(sharer.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out1.read_line(&mut line)?;
+    let offer: Offer = line
+        .parse()
+        .with_context(|| format!("domain 1 (pid {}) did not offer", sharer.id()))?;
+    println!(
+        "  domain 1 (pid {}): shared {pages} pages (refs {:?}) and port {} with domain 0",
+        sharer.id(),
+        offer.refs,
+        offer.port
+    );
+    let mut mapper = spawn(
+        0,
+        &[
+            "mapper".into(),
+            format!("--offer={}", line.trim()),
+            format!("--rounds={rounds}"),
+        ],
+    )?;
+    let out0 = BufReader::new(mapper.stdout.take().expect("piped"));
+    let s0 = mapper.wait()?;
+    let s1 = sharer.wait()?;
+    let summary0: Vec<String> = out0.lines().map_while(|l| l.ok()).collect();
+    if !s0.success() || !s1.success() {
+        bail!("domain processes failed: domain 0 {s0}, domain 1 {s1}");
+    }
+    let ns: u64 = summary0
+        .iter()
+        .find_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("elapsed_ns=")))
+        .and_then(|v| v.parse().ok())
+        .context("domain 0 printed no summary")?;
+    let mean = Duration::from_nanos(ns) / rounds.max(1);
+    println!(
+        "  domain 0 (pid {}): mapped them, bound the port, {rounds} event round trips across processes, mean {:.1} us",
+        mapper.id(),
+        mean.as_secs_f64() * 1e6
+    );
+    let admin = admin(&socket)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let r = admin.report()?;
+        if r.domains.is_empty() || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let leaks = report.leaks();
+    let left: Vec<u16> = report
+        .domains
+        .iter()
+        .filter(|d| d.domid <= 1)
+        .map(|d| d.domid)
+        .collect();
+    if !left.is_empty() {
+        bail!("the host still has domains {left:?} after their processes exited:\n{report}");
+    }
+    println!(
+        "  host report after exit: {} leaks, {} free frames",
+        leaks.len(),
+        report.free_frames
+    );
+    if let Some(h) = embedded {
+        h.shutdown();
+        let _ = std::fs::remove_dir_all(socket.parent().expect("in tmp"));
+    }
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("xenring-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

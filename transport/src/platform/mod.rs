@@ -255,7 +255,7 @@ pub trait EventChannel: Send + Sync + Debug {
     fn close(self: Box<Self>) -> Result<()>;
 }
 
-impl dyn EventChannel {
+impl dyn EventChannel + '_ {
     /// Waits for the next event (any number of notifications coalesce into
     /// one wakeup).
     ///

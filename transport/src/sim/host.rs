@@ -51,6 +51,21 @@ pub const ENV_SOCKET: &str = "XENRING_SIM_SOCKET";
 /// Environment variable naming a domain process's domid.
 pub const ENV_DOMID: &str = "XENRING_DOMID";
 
+/// Where the control socket is unless told otherwise:
+/// `$XDG_RUNTIME_DIR/xenring-sim/control.sock`, else
+/// `/tmp/xenring-sim-<uid>/control.sock`.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("xenring-sim").join("control.sock"),
+        None => std::env::temp_dir()
+            .join(format!(
+                "xenring-sim-{}",
+                rustix::process::getuid().as_raw()
+            ))
+            .join("control.sock"),
+    }
+}
+
 impl SimHost {
     /// Starts a host whose control socket is `socket` (an existing stale
     /// socket file there is replaced).

@@ -26,10 +26,11 @@ mod domain;
 mod host;
 mod hv;
 pub mod report;
+pub mod selftest;
 mod wire;
 
 pub use domain::{SimAdmin, SimChannel, SimDomain, SimMapping, SimPages, SimShare, SimSlot};
-pub use host::{SimHost, ENV_DOMID, ENV_SOCKET};
+pub use host::{default_socket_path, SimHost, ENV_DOMID, ENV_SOCKET};
 pub use hv::HostConfig;
 pub use report::{DomainReport, DomainState, HostReport};
 

@@ -1,0 +1,225 @@
+//! The simulated host across processes: the `xenring-sim` daemon and
+//! launcher, two domain processes sharing, mapping and ping-ponging 10,000
+//! events, and a domain process killed with SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use xenring::sim::selftest::Offer;
+use xenring::sim::{HostConfig, HostReport, SimAdmin, SimHost};
+
+const SIM: &str = env!("CARGO_BIN_EXE_xenring-sim");
+
+fn sim(socket: &Path) -> Command {
+    let mut c = Command::new(SIM);
+    c.arg("--socket").arg(socket);
+    c
+}
+
+fn domain(socket: &Path, domid: u16, role: &[&str]) -> Child {
+    sim(socket)
+        .args(["exec", "--domid", &domid.to_string(), "--", SIM, "domain"])
+        .args(role)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn a domain process")
+}
+
+/// Reads the sharer's offer line; the returned reader keeps its stdout open.
+fn read_offer(child: &mut Child) -> (Offer, String, BufReader<std::process::ChildStdout>) {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let offer = line
+        .parse()
+        .unwrap_or_else(|e| panic!("bad offer {line:?}: {e}"));
+    (offer, line.trim().to_string(), out)
+}
+
+fn finish(child: Child, what: &str) -> Output {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls the report until no domain is left (disconnects are processed on
+/// the host's threads), then returns it.
+fn settled(report: impl Fn() -> HostReport) -> HostReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = report();
+        if r.domains.is_empty() || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_domain_processes_share_map_and_ping_pong_ten_thousand_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default()).unwrap();
+    let socket = host.control_path().to_path_buf();
+    let mut sharer = domain(
+        &socket,
+        1,
+        &["sharer", "--peer=0", "--pages=2", "--rounds=10000"],
+    );
+    let (offer, line, _out) = read_offer(&mut sharer);
+    assert_eq!((offer.domid, offer.refs.len()), (1, 2));
+    // While both live, the host sees domain 1's grants.
+    let mapper = domain(
+        &socket,
+        0,
+        &["mapper", &format!("--offer={line}"), "--rounds=10000"],
+    );
+    let out0 = finish(mapper, "domain 0 (mapper)");
+    let stdout = String::from_utf8_lossy(&out0.stdout);
+    assert!(stdout.contains("rounds=10000"), "{stdout}");
+    finish(sharer, "domain 1 (sharer)");
+    let report = settled(|| host.report());
+    assert!(report.domains.is_empty(), "domains left: {report}");
+    report.assert_clean();
+}
+
+#[test]
+fn a_killed_domain_is_cleaned_up_and_its_peer_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default()).unwrap();
+    let socket = host.control_path().to_path_buf();
+    let mut sharer = domain(
+        &socket,
+        1,
+        &["sharer", "--peer=0", "--pages=1", "--rounds=0", "--linger"],
+    );
+    let (_, line, _out) = read_offer(&mut sharer);
+    let outlive = domain(&socket, 0, &["outlive", &format!("--offer={line}")]);
+    // Wait until domain 0 has mapped domain 1's page.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host
+        .report()
+        .domain(1)
+        .is_none_or(|d| d.grants_mapped_by_peers == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "domain 0 never mapped: {}",
+            host.report()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = host.report();
+    assert_eq!(before.domain(1).unwrap().ports, 1);
+    sharer.kill().unwrap(); // SIGKILL
+    sharer.wait().unwrap();
+    let out = finish(outlive, "domain 0 (outlives its peer)");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("notified: domain 1 is gone"));
+    let report = settled(|| host.report());
+    assert!(report.domains.is_empty(), "domains left: {report}");
+    report.assert_clean();
+}
+
+#[test]
+fn the_daemon_serves_exec_smoke_report_and_destroy() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let mut daemon = sim(&socket)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut daemon_out = BufReader::new(daemon.stdout.take().unwrap());
+    daemon_out.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on"), "{line}");
+
+    let out = sim(&socket)
+        .args([
+            "exec",
+            "--domid",
+            "7",
+            "--",
+            "sh",
+            "-c",
+            "echo $XENRING_DOMID $XENRING_SIM_SOCKET",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("7 {}", socket.display())
+    );
+
+    let out = sim(&socket)
+        .args(["smoke", "--rounds=1000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("running daemon")
+            && text.contains("1000 event round trips")
+            && text.ends_with("OK\n"),
+        "{text}"
+    );
+
+    // A domain that holds something shows in `report --check`.
+    let mut sharer = domain(
+        &socket,
+        3,
+        &["sharer", "--peer=0", "--pages=1", "--rounds=0", "--linger"],
+    );
+    let _offer = read_offer(&mut sharer);
+    let out = sim(&socket).args(["report", "--check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .contains("domain 3 (Running): 1 frames owned, 1 grants valid"));
+    // Destroying it ends its process's connection; the host is clean again.
+    assert!(sim(&socket)
+        .args(["destroy", "--domid", "3"])
+        .status()
+        .unwrap()
+        .success());
+    let admin = SimAdmin::connect(&socket).unwrap();
+    let report = settled(|| admin.report().unwrap());
+    report.assert_clean();
+    sharer.kill().unwrap();
+    sharer.wait().unwrap();
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(!socket.exists(), "the daemon removes its socket");
+}
+
+#[test]
+fn exec_without_a_host_says_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing.sock");
+    let out = sim(&socket)
+        .args(["exec", "--domid", "1", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no simulated host at") && err.contains("is the sim host running?"),
+        "{err}"
+    );
+}
