@@ -645,7 +645,15 @@ impl EventChannel for SimChannel {
             };
             let mut buf = [0u8; 8];
             match rustix::io::read(afd.get_ref(), &mut buf) {
-                Ok(_) => return Poll::Ready(Ok(())),
+                Ok(_) => {
+                    // The read reset the counter to 0: the fd is not readable
+                    // now, so forget the readiness instead of finding that
+                    // out with one more read next time. (A notification that
+                    // arrived after this guard was taken is not lost: tokio
+                    // only clears the readiness this guard observed.)
+                    guard.clear_ready();
+                    return Poll::Ready(Ok(()));
+                }
                 Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
                 Err(e) => {
                     return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(
