@@ -94,6 +94,9 @@ pub enum PlatformError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller passed an argument the operation cannot take.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// The hypervisor answered something that makes no sense.
     #[error("protocol error: {0}")]
     Protocol(String),

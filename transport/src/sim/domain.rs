@@ -258,6 +258,12 @@ impl SimDomain {
     }
 
     fn alloc_frames(&self, count: usize) -> Result<Vec<u64>> {
+        if count == 0 || count > u32::MAX as usize {
+            return Err(PlatformError::InvalidArgument(format!(
+                "{count} pages asked for: at least 1 and at most {} per call",
+                u32::MAX
+            )));
+        }
         match self
             .call(&Request::AllocPages {
                 count: count as u32,

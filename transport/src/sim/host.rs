@@ -209,7 +209,12 @@ fn accept_loop(listener: OwnedFd, shared: Arc<Shared>) {
             .name(format!("sim-conn-{id}"))
             .spawn(move || serve(id, conn, s));
         match t {
-            Ok(t) => shared.threads.lock().expect("threads lock").push(t),
+            Ok(t) => {
+                let mut threads = shared.threads.lock().expect("threads lock");
+                // Forget the threads of connections that are over.
+                threads.retain(|t| !t.is_finished());
+                threads.push(t);
+            }
             Err(e) => tracing::error!(error = %e, "cannot spawn a connection thread"),
         }
     }

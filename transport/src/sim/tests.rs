@@ -572,3 +572,17 @@ fn only_dom0_may_destroy() {
     d0.destroy_domain(2).unwrap();
     wait_until(|| h.report().domain(2).is_none());
 }
+
+#[test]
+fn zero_pages_is_an_invalid_argument() {
+    let (_d, h) = host();
+    let d1 = join(&h, 1);
+    let err = d1.share_pages(0, 0, Access::ReadWrite).unwrap_err();
+    assert!(matches!(err, PlatformError::InvalidArgument(_)), "{err}");
+    assert!(matches!(
+        d1.alloc_pages(0).unwrap_err(),
+        PlatformError::InvalidArgument(_)
+    ));
+    assert!(d1.map_grants(0, &[], Access::ReadOnly).is_err());
+    h.report().assert_clean();
+}
