@@ -65,29 +65,49 @@ pub trait AtomicWord {
     fn spin();
 }
 
-impl AtomicWord for std::sync::atomic::AtomicU32 {
-    fn load(&self, order: Ordering) -> u32 {
-        self.load(order)
-    }
-    fn store(&self, v: u32, order: Ordering) {
-        self.store(v, order)
-    }
-    fn compare_exchange(&self, c: u32, n: u32, s: Ordering, f: Ordering) -> Result<u32, u32> {
-        self.compare_exchange(c, n, s, f)
-    }
-    fn fetch_or(&self, v: u32, order: Ordering) -> u32 {
-        self.fetch_or(v, order)
-    }
-    fn fetch_and(&self, v: u32, order: Ordering) -> u32 {
-        self.fetch_and(v, order)
-    }
-    fn fence(order: Ordering) {
-        std::sync::atomic::fence(order)
-    }
-    fn spin() {
-        std::hint::spin_loop()
-    }
+/// Implements [`AtomicWord`] for an `AtomicU32`-like type whose methods
+/// have the standard signatures, given its fence and spin functions.
+macro_rules! impl_atomic_word {
+    ($ty:ty, $fence:path, $spin:path) => {
+        impl $crate::grant::entry::AtomicWord for $ty {
+            fn load(&self, order: Ordering) -> u32 {
+                <$ty>::load(self, order)
+            }
+            fn store(&self, v: u32, order: Ordering) {
+                <$ty>::store(self, v, order)
+            }
+            fn compare_exchange(
+                &self,
+                c: u32,
+                n: u32,
+                s: Ordering,
+                f: Ordering,
+            ) -> Result<u32, u32> {
+                <$ty>::compare_exchange(self, c, n, s, f)
+            }
+            fn fetch_or(&self, v: u32, order: Ordering) -> u32 {
+                <$ty>::fetch_or(self, v, order)
+            }
+            fn fetch_and(&self, v: u32, order: Ordering) -> u32 {
+                <$ty>::fetch_and(self, v, order)
+            }
+            fn fence(order: Ordering) {
+                $fence(order)
+            }
+            fn spin() {
+                $spin()
+            }
+        }
+    };
 }
+#[cfg(test)]
+pub(crate) use impl_atomic_word;
+
+impl_atomic_word!(
+    std::sync::atomic::AtomicU32,
+    std::sync::atomic::fence,
+    std::hint::spin_loop
+);
 
 /// The `flags` half of the word.
 pub fn flags_of(word: u32) -> u16 {

@@ -5,29 +5,11 @@ use super::*;
 use crate::abi::grant::{GTF_ACCEPT_TRANSFER, GTF_PERMIT_ACCESS, GTF_READONLY};
 use std::sync::atomic::AtomicU32;
 
-impl AtomicWord for loom::sync::atomic::AtomicU32 {
-    fn load(&self, order: Ordering) -> u32 {
-        self.load(order)
-    }
-    fn store(&self, v: u32, order: Ordering) {
-        self.store(v, order)
-    }
-    fn compare_exchange(&self, c: u32, n: u32, s: Ordering, f: Ordering) -> Result<u32, u32> {
-        self.compare_exchange(c, n, s, f)
-    }
-    fn fetch_or(&self, v: u32, order: Ordering) -> u32 {
-        self.fetch_or(v, order)
-    }
-    fn fetch_and(&self, v: u32, order: Ordering) -> u32 {
-        self.fetch_and(v, order)
-    }
-    fn fence(order: Ordering) {
-        loom::sync::atomic::fence(order)
-    }
-    fn spin() {
-        loom::thread::yield_now()
-    }
-}
+super::impl_atomic_word!(
+    loom::sync::atomic::AtomicU32,
+    loom::sync::atomic::fence,
+    loom::thread::yield_now
+);
 
 struct Entry<W> {
     hdr: W,

@@ -20,7 +20,7 @@ use tokio::io::Interest;
 
 use super::host::{ENV_DOMID, ENV_SOCKET};
 use super::report::HostReport;
-use super::wire::{recv_packet, send_packet, Reply, Request, WireCopy, WirePtr};
+use super::wire::{recv_packet, send_packet, NotifySpec, Reply, Request, WireCopy, WirePtr};
 use crate::abi::grant::GnttabStatus;
 use crate::grant::{GrantTable, Reclaim};
 use crate::platform::{
@@ -459,14 +459,14 @@ fn add_notify(dom: &Inner, mapping: u64, frames: &[u64], n: UnmapNotify) -> Resu
         }
         None => (frames[0], 0),
     };
-    let req = Request::AddNotify {
+    let req = Request::AddNotify(NotifySpec {
         mapping,
         frame,
         offset,
         clear: n.clear_byte.is_some(),
         port: n.event.unwrap_or(0),
         event: n.event.is_some(),
-    };
+    });
     match dom.call(&req)?.0 {
         Reply::NotifyId { id } => Ok(id),
         other => Err(reply_error(other)),

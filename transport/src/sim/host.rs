@@ -350,14 +350,7 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
             hv.bind_interdomain(me, remote, port).unwrap_or_else(plain)
         }
         Request::ClosePort { port } => plain(hv.close_port(me, port)),
-        Request::AddNotify {
-            mapping,
-            frame,
-            offset,
-            clear,
-            port,
-            event,
-        } => plain(hv.add_notify(me, mapping, frame, offset, clear, port, event)),
+        Request::AddNotify(n) => plain(hv.add_notify(me, n)),
         Request::FireNotify { id } => plain(hv.fire(me, id)),
         Request::Join { .. } | Request::Admin | Request::Report | Request::Destroy { .. } => {
             unreachable!("handled above")

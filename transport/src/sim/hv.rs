@@ -20,7 +20,7 @@ use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{fallocate, FallocateFlags};
 
 use super::report::{DomainReport, DomainState, HostReport};
-use super::wire::{Reply, WireCopy, WirePtr};
+use super::wire::{NotifySpec, Reply, WireCopy, WirePtr};
 use crate::abi::grant::{GnttabStatus, GTF_TYPE_MASK};
 use crate::grant::entry::{self, hv_pin, hv_transfer_commit, hv_transfer_complete, hv_unpin};
 use crate::grant::table::{entry_cells, ENTRY_SIZE};
@@ -82,16 +82,6 @@ struct PortRec {
     send: Arc<OwnedFd>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct NotifyRec {
-    mapping: u64,
-    frame: u64,
-    offset: u16,
-    clear: bool,
-    port: u32,
-    event: bool,
-}
-
 #[derive(Debug)]
 struct Domain {
     state: DomainState,
@@ -100,7 +90,7 @@ struct Domain {
     frames_owned: u64,
     mappings: HashMap<u64, MapRec>,
     ports: BTreeMap<u32, PortRec>,
-    notifies: HashMap<u64, NotifyRec>,
+    notifies: HashMap<u64, NotifySpec>,
 }
 
 /// What a join hands the domain: machine memory and its grant table.
@@ -671,17 +661,13 @@ impl Hypervisor {
 
     // ------------------------------------------------------------ notifies
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_notify(
-        &mut self,
-        me: u16,
-        mapping: u64,
-        frame: u64,
-        offset: u16,
-        clear: bool,
-        port: u32,
-        event: bool,
-    ) -> Reply {
+    pub fn add_notify(&mut self, me: u16, n: NotifySpec) -> Reply {
+        let NotifySpec {
+            mapping,
+            frame,
+            offset,
+            ..
+        } = n;
         let frame_ok = if mapping == 0 {
             self.owned_by(frame, me)
         } else {
@@ -698,17 +684,7 @@ impl Hypervisor {
         }
         let id = self.id();
         let d = self.domains.get_mut(&me).expect("caller is connected");
-        d.notifies.insert(
-            id,
-            NotifyRec {
-                mapping,
-                frame,
-                offset,
-                clear,
-                port,
-                event,
-            },
-        );
+        d.notifies.insert(id, n);
         Reply::NotifyId { id }
     }
 

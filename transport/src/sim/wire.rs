@@ -46,6 +46,26 @@ pub struct WireCopy {
     pub len: u16,
 }
 
+/// An unmap notification: clear byte `offset` of `frame` (if `clear`),
+/// notify local `port` (if `event`). `mapping` ties it to a mapping handle
+/// (fired on unmap); 0 ties it to a share (fired by `FireNotify`). Any left
+/// fire when the domain dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifySpec {
+    /// Mapping handle, or 0 for a share.
+    pub mapping: u64,
+    /// Frame holding the byte.
+    pub frame: u64,
+    /// Offset of the byte in the frame.
+    pub offset: u16,
+    /// Whether to clear the byte.
+    pub clear: bool,
+    /// Local port to notify.
+    pub port: u32,
+    /// Whether to notify.
+    pub event: bool,
+}
+
 /// Requests to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -75,18 +95,8 @@ pub enum Request {
     BindInterdomain { remote: u16, port: u32 },
     /// Close a port.
     ClosePort { port: u32 },
-    /// Register an unmap notification: clear byte `offset` of `frame` (if
-    /// `clear`), notify local `port` (if `event`). `mapping` ties it to a
-    /// mapping handle (fired on unmap); 0 ties it to a share (fired by
-    /// `FireNotify`). Any left fire when the domain dies.
-    AddNotify {
-        mapping: u64,
-        frame: u64,
-        offset: u16,
-        clear: bool,
-        port: u32,
-        event: bool,
-    },
+    /// Register an unmap notification.
+    AddNotify(NotifySpec),
     /// Fire and forget a share's notification.
     FireNotify { id: u64 },
     /// The leak report.
@@ -273,21 +283,14 @@ impl Request {
             Request::AllocUnbound { remote } => w.u8(8).u16(*remote),
             Request::BindInterdomain { remote, port } => w.u8(9).u16(*remote).u32(*port),
             Request::ClosePort { port } => w.u8(10).u32(*port),
-            Request::AddNotify {
-                mapping,
-                frame,
-                offset,
-                clear,
-                port,
-                event,
-            } => w
+            Request::AddNotify(n) => w
                 .u8(11)
-                .u64(*mapping)
-                .u64(*frame)
-                .u16(*offset)
-                .u8(*clear as u8)
-                .u32(*port)
-                .u8(*event as u8),
+                .u64(n.mapping)
+                .u64(n.frame)
+                .u16(n.offset)
+                .u8(n.clear as u8)
+                .u32(n.port)
+                .u8(n.event as u8),
             Request::FireNotify { id } => w.u8(12).u64(*id),
             Request::Report => w.u8(13),
             Request::Destroy { domid } => w.u8(14).u16(*domid),
@@ -335,14 +338,14 @@ impl Request {
                 port: r.u32()?,
             },
             10 => Request::ClosePort { port: r.u32()? },
-            11 => Request::AddNotify {
+            11 => Request::AddNotify(NotifySpec {
                 mapping: r.u64()?,
                 frame: r.u64()?,
                 offset: r.u16()?,
                 clear: r.bool()?,
                 port: r.u32()?,
                 event: r.bool()?,
-            },
+            }),
             12 => Request::FireNotify { id: r.u64()? },
             13 => Request::Report,
             14 => Request::Destroy { domid: r.u16()? },
@@ -570,14 +573,14 @@ mod tests {
             Request::AllocUnbound { remote: 4 },
             Request::BindInterdomain { remote: 4, port: 6 },
             Request::ClosePort { port: 6 },
-            Request::AddNotify {
+            Request::AddNotify(NotifySpec {
                 mapping: 0,
                 frame: 5,
                 offset: 9,
                 clear: true,
                 port: 3,
                 event: false,
-            },
+            }),
             Request::FireNotify { id: 4 },
             Request::Report,
             Request::Destroy { domid: 9 },
