@@ -9,6 +9,7 @@
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
 //! | [`platform`] | the small traits all protocol code is written against |
 //! | [`sim`] | the simulated Xen host and its domain-side client |
+//! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
 #![deny(missing_docs)]
 
 pub mod abi;
@@ -16,3 +17,4 @@ pub mod grant;
 pub mod platform;
 pub mod shm;
 pub mod sim;
+pub mod xenstore;
