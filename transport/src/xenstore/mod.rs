@@ -1,7 +1,20 @@
 //! XenStore: the xs_wire codec shared by server and client.
 //!
 //! * [`codec`]: messages, framing, payload conventions, the 4096-byte limit.
+//! * [`XsClient`]: the hardened client (xenstore-rs underneath, plus the
+//!   project's own connection [`conn::XsConn`] for what xenstore-rs lacks).
 
+mod client;
 pub mod codec;
+pub mod conn;
+mod error;
+mod perm;
+mod txn;
+mod watch;
 
+pub use client::{ClientOptions, XsClient, DEFAULT_XENSTORED_PATH, ENV_XENSTORED_PATH};
 pub use codec::{CodecError, XsMsg};
+pub use error::XsError;
+pub use perm::{BadPerm, Perm, PermAccess};
+pub use txn::XsTxn;
+pub use watch::XsWatch;

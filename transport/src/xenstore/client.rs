@@ -1,0 +1,551 @@
+//! The hardened XenStore client every other part of xenring uses.
+//!
+//! It wraps xenstore-rs's `XsTokio` (read, write, directory, rm, watch) and
+//! designs around that crate's limits:
+//!
+//! * the socket comes only from `XENSTORED_PATH` (read at connect): the
+//!   client reads the same variable, so both its connections agree;
+//! * a payload over 4096 bytes hangs its connection: every request is
+//!   checked here first ([`XsError::Invalid`]);
+//! * after a server disconnect its calls hang: every call has a timeout, and
+//!   the client keeps a second connection of its own (on the project's
+//!   codec, [`XsConn`]) whose EOF is noticed at once; a supervisor task then
+//!   reconnects both and sets every watch again;
+//! * an undrained watch stream stalls its whole connection: each watch is
+//!   drained by its own task into a bounded queue that never blocks (when the
+//!   consumer lags, events coalesce into one event for the watched path).
+//!
+//! The operations xenstore-rs lacks (mkdir, permissions, transactions with
+//! retry on EAGAIN, domain paths) go over [`XsConn`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use xenstore_rs::tokio::XsTokio;
+use xenstore_rs::AsyncXs;
+
+use super::codec::{XsErrno, XsMsg, XsType};
+use super::conn::XsConn;
+use super::error::{check_path, check_payload, XsError};
+use super::perm::Perm;
+use super::watch::{spawn_watch, WatchReg, XsWatch};
+
+/// Where xenstore-rs (and so this client) finds the socket.
+pub const ENV_XENSTORED_PATH: &str = "XENSTORED_PATH";
+/// The socket used when `XENSTORED_PATH` is not set.
+pub const DEFAULT_XENSTORED_PATH: &str = "/run/xenstored/socket";
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Longest wait for any one reply.
+    pub timeout: Duration,
+    /// Events a watch queues for a slow consumer before coalescing.
+    pub watch_queue: usize,
+    /// Most attempts of a transaction that keeps conflicting.
+    pub transaction_attempts: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            watch_queue: 64,
+            transaction_attempts: 16,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Conn {
+    xs: XsTokio,
+    raw: Arc<XsConn>,
+    generation: u64,
+}
+
+pub(super) struct Inner {
+    path: PathBuf,
+    pub(super) opts: ClientOptions,
+    conn: Mutex<Conn>,
+    reconnected: tokio::sync::watch::Sender<u64>,
+    pub(super) watches: Mutex<HashMap<u64, WatchReg>>,
+    next_watch: AtomicU64,
+}
+
+/// A XenStore client. Clones share one pair of connections.
+#[derive(Clone)]
+pub struct XsClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for XsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XsClient")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+async fn open(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
+    let connect_err = |source| XsError::Connect {
+        path: path.to_path_buf(),
+        source,
+    };
+    let raw = XsConn::connect(path, None).await.map_err(connect_err)?;
+    let xs = match tokio::time::timeout(timeout, XsTokio::new()).await {
+        Ok(r) => r.map_err(connect_err)?,
+        Err(_) => return Err(connect_err(std::io::ErrorKind::TimedOut.into())),
+    };
+    Ok((xs, raw))
+}
+
+/// Maps an error from xenstore-rs: its server errors read "XS interface
+/// error ENAME".
+fn map_rs(op: &'static str, path: &str, e: std::io::Error) -> XsError {
+    let text = e.to_string();
+    if let Some(name) = text.strip_prefix("XS interface error ") {
+        if let Some(errno) = XsErrno::from_name(name.trim()) {
+            return XsError::Server {
+                op,
+                path: path.to_string(),
+                errno,
+            };
+        }
+    }
+    XsError::Io {
+        op,
+        path: path.to_string(),
+        source: e,
+    }
+}
+
+/// Whether an error means the connection (not the request) failed.
+fn connection_failed(e: &XsError) -> bool {
+    matches!(e, XsError::Io { .. } | XsError::Timeout { .. })
+}
+
+impl XsClient {
+    /// Connects to the XenStore at `$XENSTORED_PATH` (default
+    /// `/run/xenstored/socket`) with default options.
+    pub async fn connect() -> Result<XsClient, XsError> {
+        XsClient::connect_with(ClientOptions::default()).await
+    }
+
+    /// Connects with `opts`.
+    pub async fn connect_with(opts: ClientOptions) -> Result<XsClient, XsError> {
+        let path = std::env::var_os(ENV_XENSTORED_PATH)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_XENSTORED_PATH));
+        let (xs, raw) = open(&path, opts.timeout).await?;
+        let raw = Arc::new(raw);
+        let (reconnected, _) = tokio::sync::watch::channel(0);
+        let inner = Arc::new(Inner {
+            path,
+            opts,
+            conn: Mutex::new(Conn {
+                xs,
+                raw: raw.clone(),
+                generation: 0,
+            }),
+            reconnected,
+            watches: Mutex::new(HashMap::new()),
+            next_watch: AtomicU64::new(1),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner), raw));
+        Ok(XsClient { inner })
+    }
+
+    /// The socket in use.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.opts
+    }
+
+    /// How many times the client has reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.conn().generation
+    }
+
+    fn conn(&self) -> Conn {
+        self.inner.conn.lock().expect("conn lock").clone()
+    }
+
+    /// Waits (up to the timeout) for a connection newer than `generation`.
+    async fn await_reconnect(&self, generation: u64) -> bool {
+        let mut rx = self.inner.reconnected.subscribe();
+        tokio::time::timeout(self.inner.opts.timeout, rx.wait_for(|g| *g > generation))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Runs `f` on the current connection with the timeout; if the
+    /// connection failed, waits for the supervisor to reconnect and runs it
+    /// once more.
+    async fn call<T, F, Fut>(&self, op: &'static str, path: &str, f: F) -> Result<T, XsError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, XsError>>,
+    {
+        let mut retried = false;
+        loop {
+            let c = self.conn();
+            let generation = c.generation;
+            let raw_closed = c.raw.is_closed();
+            let r = match tokio::time::timeout(self.inner.opts.timeout, f(c)).await {
+                Ok(r) => r,
+                Err(_) => Err(XsError::Timeout {
+                    op,
+                    path: path.to_string(),
+                    timeout: self.inner.opts.timeout,
+                }),
+            };
+            match r {
+                Err(e) if connection_failed(&e) && !retried => {
+                    let dead = raw_closed
+                        || self.conn().raw.is_closed()
+                        || self.conn().generation != generation;
+                    if !dead && !matches!(e, XsError::Io { .. }) {
+                        return Err(e);
+                    }
+                    retried = true;
+                    if self.conn().generation == generation
+                        && !self.await_reconnect(generation).await
+                    {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Reads a node's value.
+    pub async fn read(&self, path: &str) -> Result<String, XsError> {
+        check_path("read", path)?;
+        self.call("read", path, |c| async move {
+            c.xs.read(path)
+                .await
+                .map(String::from)
+                .map_err(|e| map_rs("read", path, e))
+        })
+        .await
+    }
+
+    /// Reads a node's value; `None` if it does not exist.
+    pub async fn read_opt(&self, path: &str) -> Result<Option<String>, XsError> {
+        match self.read(path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a node's value (creating it and missing parents).
+    pub async fn write(&self, path: &str, value: &str) -> Result<(), XsError> {
+        check_path("write", path)?;
+        check_payload("write", path, path.len() + 1 + value.len())?;
+        self.call("write", path, |c| async move {
+            c.xs.write(path, value)
+                .await
+                .map_err(|e| map_rs("write", path, e))
+        })
+        .await
+    }
+
+    /// Lists a node's children.
+    pub async fn directory(&self, path: &str) -> Result<Vec<String>, XsError> {
+        check_path("directory", path)?;
+        self.call("directory", path, |c| async move {
+            c.xs.directory(path)
+                .await
+                .map(|v| v.into_iter().map(String::from).collect())
+                .map_err(|e| map_rs("directory", path, e))
+        })
+        .await
+    }
+
+    /// Removes a node and everything below it.
+    pub async fn rm(&self, path: &str) -> Result<(), XsError> {
+        check_path("rm", path)?;
+        self.call("rm", path, |c| async move {
+            c.xs.rm(path).await.map_err(|e| map_rs("rm", path, e))
+        })
+        .await
+    }
+
+    /// Sends a request over the project's own connection; an error reply
+    /// becomes [`XsError::Server`].
+    pub(super) async fn raw(
+        &self,
+        op: &'static str,
+        path: &str,
+        msg: XsMsg,
+    ) -> Result<XsMsg, XsError> {
+        self.call(op, path, |c| {
+            let msg = msg.clone();
+            async move {
+                let reply = c.raw.request(msg).await.map_err(|source| XsError::Io {
+                    op,
+                    path: path.to_string(),
+                    source,
+                })?;
+                match reply.error_name() {
+                    Some(errno) => Err(XsError::Server {
+                        op,
+                        path: path.to_string(),
+                        errno,
+                    }),
+                    None => Ok(reply),
+                }
+            }
+        })
+        .await
+    }
+
+    pub(super) fn build(
+        op: &'static str,
+        path: &str,
+        ty: XsType,
+        tx: u32,
+        parts: &[&[u8]],
+        trailing_nul: bool,
+    ) -> Result<XsMsg, XsError> {
+        XsMsg::with_strings(ty, 0, tx, parts, trailing_nul).map_err(|e| XsError::Invalid {
+            op,
+            path: path.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Creates a node (and missing parents) with an empty value; an existing
+    /// node is left as it is.
+    pub async fn mkdir(&self, path: &str) -> Result<(), XsError> {
+        check_path("mkdir", path)?;
+        let m = Self::build("mkdir", path, XsType::Mkdir, 0, &[path.as_bytes()], true)?;
+        self.raw("mkdir", path, m).await.map(|_| ())
+    }
+
+    /// A node's permissions.
+    pub async fn get_perms(&self, path: &str) -> Result<Vec<Perm>, XsError> {
+        check_path("get-perms", path)?;
+        let m = Self::build(
+            "get-perms",
+            path,
+            XsType::GetPerms,
+            0,
+            &[path.as_bytes()],
+            true,
+        )?;
+        let reply = self.raw("get-perms", path, m).await?;
+        reply
+            .parts()
+            .iter()
+            .map(|p| {
+                std::str::from_utf8(p)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| XsError::Invalid {
+                        op: "get-perms",
+                        path: path.to_string(),
+                        why: format!(
+                            "server sent a bad permission {:?}",
+                            String::from_utf8_lossy(p)
+                        ),
+                    })
+            })
+            .collect()
+    }
+
+    /// Sets a node's permissions (the first entry is the owner and the
+    /// default).
+    pub async fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<(), XsError> {
+        check_path("set-perms", path)?;
+        if perms.is_empty() {
+            return Err(XsError::Invalid {
+                op: "set-perms",
+                path: path.to_string(),
+                why: "at least the owner's entry is needed".into(),
+            });
+        }
+        let texts: Vec<String> = perms.iter().map(|p| p.to_string()).collect();
+        let mut parts: Vec<&[u8]> = vec![path.as_bytes()];
+        parts.extend(texts.iter().map(|t| t.as_bytes()));
+        check_payload("set-perms", path, parts.iter().map(|p| p.len() + 1).sum())?;
+        let m = Self::build("set-perms", path, XsType::SetPerms, 0, &parts, true)?;
+        self.raw("set-perms", path, m).await.map(|_| ())
+    }
+
+    /// The home path of domain `domid` (`/local/domain/<domid>`).
+    pub async fn get_domain_path(&self, domid: u16) -> Result<String, XsError> {
+        let arg = domid.to_string();
+        let m = Self::build(
+            "get-domain-path",
+            &arg,
+            XsType::GetDomainPath,
+            0,
+            &[arg.as_bytes()],
+            true,
+        )?;
+        let reply = self.raw("get-domain-path", &arg, m).await?;
+        let first = reply.parts().first().copied().unwrap_or_default();
+        Ok(String::from_utf8_lossy(first).into_owned())
+    }
+
+    /// Watches `path` and everything below it. The stream yields the path of
+    /// each changed node; it starts with one event for `path` itself, and
+    /// after a reconnect it yields one more (the state may have changed
+    /// while the connection was down). Re-read what you care about on each
+    /// event: watches may fire spuriously, and a lagging consumer sees
+    /// events coalesced.
+    pub async fn watch(&self, path: &str) -> Result<XsWatch, XsError> {
+        check_path("watch", path)?;
+        // The token xenstore-rs adds is a 36-character UUID.
+        check_payload("watch", path, path.len() + 1 + 36 + 1)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(self.inner.opts.watch_queue.max(1));
+        let drain = self
+            .call("watch", path, |c| {
+                let tx = tx.clone();
+                async move {
+                    let (task, set) = spawn_watch(c.xs, path.to_string(), tx);
+                    // If this attempt fails or is abandoned (timeout), the
+                    // task must not live on.
+                    let mut guard = AbortOnDrop(Some(task));
+                    match set.await {
+                        Ok(Ok(())) => Ok(guard.0.take().expect("task present")),
+                        Ok(Err(e)) => Err(map_rs("watch", path, e)),
+                        Err(_) => Err(XsError::Io {
+                            op: "watch",
+                            path: path.to_string(),
+                            source: std::io::ErrorKind::ConnectionAborted.into(),
+                        }),
+                    }
+                }
+            })
+            .await?;
+        let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
+        self.inner.watches.lock().expect("watches lock").insert(
+            id,
+            WatchReg {
+                path: path.to_string(),
+                out: tx,
+                drain,
+            },
+        );
+        Ok(XsWatch::new(rx, id, Arc::downgrade(&self.inner)))
+    }
+
+    /// Waits until `path`'s value (`None`: absent) satisfies `pred`, and
+    /// returns it. Set up with a watch, so nothing is polled; bound it with
+    /// `tokio::time::timeout` if needed.
+    ///
+    /// Cancellation safe.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        mut pred: impl FnMut(Option<&str>) -> bool,
+    ) -> Result<Option<String>, XsError> {
+        use futures::StreamExt;
+        let mut w = self.watch(path).await?;
+        loop {
+            let v = self.read_opt(path).await?;
+            if pred(v.as_deref()) {
+                return Ok(v);
+            }
+            if w.next().await.is_none() {
+                return Err(XsError::Io {
+                    op: "wait-for",
+                    path: path.to_string(),
+                    source: std::io::ErrorKind::ConnectionAborted.into(),
+                });
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Reconnects when the sentinel connection dies, and sets the watches again.
+async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
+    loop {
+        raw.closed().await;
+        let Some(path) = inner.upgrade().map(|i| i.path.clone()) else {
+            return;
+        };
+        tracing::warn!(path = %path.display(), "xenstore connection lost; reconnecting");
+        let mut backoff = Duration::from_millis(20);
+        let (xs, new_raw) = loop {
+            let Some(timeout) = inner.upgrade().map(|i| i.opts.timeout) else {
+                return;
+            };
+            match open(&path, timeout).await {
+                Ok(pair) => break pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "xenstore reconnect failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        let Some(inner_arc) = inner.upgrade() else {
+            return;
+        };
+        raw = Arc::new(new_raw);
+        let generation = {
+            let mut c = inner_arc.conn.lock().expect("conn lock");
+            c.generation += 1;
+            c.xs = xs.clone();
+            c.raw = raw.clone();
+            c.generation
+        };
+        // Set every watch again on the new connection.
+        let regs: Vec<(u64, String)> = inner_arc
+            .watches
+            .lock()
+            .expect("watches lock")
+            .iter()
+            .map(|(id, r)| (*id, r.path.clone()))
+            .collect();
+        for (id, wpath) in regs {
+            let out = match inner_arc.watches.lock().expect("watches lock").get(&id) {
+                Some(reg) => reg.out.clone(),
+                None => continue,
+            };
+            let (task, set) = spawn_watch(xs.clone(), wpath.clone(), out);
+            match set.await {
+                Ok(Ok(())) => {
+                    let mut watches = inner_arc.watches.lock().expect("watches lock");
+                    match watches.get_mut(&id) {
+                        Some(reg) => {
+                            reg.drain.abort();
+                            reg.drain = task;
+                        }
+                        None => task.abort(),
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(path = %wpath, error = %e, "cannot set a watch again after reconnecting")
+                }
+                Err(_) => {
+                    tracing::error!(path = %wpath, "connection lost while setting a watch again")
+                }
+            }
+        }
+        tracing::info!(generation, "xenstore reconnected");
+        let _ = inner_arc.reconnected.send(generation);
+    }
+}

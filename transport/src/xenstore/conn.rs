@@ -1,0 +1,149 @@
+//! The project's own XenStore connection, on the xs_wire codec: requests
+//! multiplexed by `req_id` over one socket, for the operations xenstore-rs
+//! lacks (mkdir, permissions, transactions, domain paths, introduce) and as a
+//! liveness sentinel for the client.
+//!
+//! One reader task matches replies to waiting requests and forwards watch
+//! events; writes happen under a lock from the caller's task. When the
+//! server goes away, every waiting request fails at once and [`XsConn::closed`]
+//! resolves: nothing hangs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::codec::{read_msg, XsMsg, XsType};
+
+type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<XsMsg>>>>>;
+
+/// A multiplexed xs_wire connection.
+#[derive(Debug)]
+pub struct XsConn {
+    path: PathBuf,
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU32,
+    closed: watch::Receiver<bool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl XsConn {
+    /// Connects to the xenstored socket at `path`. Watch events (if any are
+    /// set on this connection) go to `events`; without it they are dropped.
+    pub async fn connect(
+        path: &Path,
+        events: Option<mpsc::Sender<XsMsg>>,
+    ) -> std::io::Result<XsConn> {
+        let stream = UnixStream::connect(path).await?;
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (closed_tx, closed) = watch::channel(false);
+        let p = pending.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match read_msg(&mut rd).await {
+                    Ok(Some(msg)) if msg.kind() == Some(XsType::WatchEvent) => {
+                        if let Some(ev) = &events {
+                            // A full event queue drops the event rather than
+                            // stall the replies behind it.
+                            let _ = ev.try_send(msg);
+                        }
+                    }
+                    Ok(Some(msg)) => {
+                        let waiter = p
+                            .lock()
+                            .expect("pending lock")
+                            .as_mut()
+                            .and_then(|m| m.remove(&msg.req_id));
+                        match waiter {
+                            Some(w) => {
+                                let _ = w.send(msg);
+                            }
+                            None => tracing::warn!(?msg, "xenstore reply to no request"),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "xenstore connection read failed");
+                        break;
+                    }
+                }
+            }
+            // Fail everyone still waiting, and refuse new requests.
+            p.lock().expect("pending lock").take();
+            let _ = closed_tx.send(true);
+        });
+        Ok(XsConn {
+            path: path.to_path_buf(),
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            next_id: AtomicU32::new(1),
+            closed,
+            reader,
+        })
+    }
+
+    /// The socket this connection talks to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True once the server has gone away.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves when the server goes away.
+    pub async fn closed(&self) {
+        let mut c = self.closed.clone();
+        let _ = c.wait_for(|closed| *closed).await;
+    }
+
+    /// Sends `msg` (its `req_id` is replaced by a fresh one) and waits for the
+    /// reply, which may be an error reply. Fails with `ConnectionAborted` if
+    /// the server goes away first.
+    ///
+    /// Cancellation safe: a dropped call leaves no waiter behind (its reply is
+    /// discarded when it comes).
+    pub async fn request(&self, mut msg: XsMsg) -> std::io::Result<XsMsg> {
+        let gone = || {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "xenstored closed the connection",
+            )
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        msg.req_id = id;
+        let (tx, rx) = oneshot::channel();
+        match self.pending.lock().expect("pending lock").as_mut() {
+            Some(m) => m.insert(id, tx),
+            None => return Err(gone()),
+        };
+        struct Forget<'a>(&'a Pending, u32);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                if let Some(m) = self.0.lock().expect("pending lock").as_mut() {
+                    m.remove(&self.1);
+                }
+            }
+        }
+        let _forget = Forget(&self.pending, id);
+        {
+            let mut w = self.writer.lock().await;
+            w.write_all(&msg.to_bytes()).await?;
+        }
+        rx.await.map_err(|_| gone())
+    }
+}
+
+impl Drop for XsConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}

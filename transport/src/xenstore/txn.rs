@@ -1,0 +1,179 @@
+//! Transactions over the project's own connection, with retry on EAGAIN.
+
+use super::client::XsClient;
+use super::codec::{XsErrno, XsType};
+use super::error::{check_path, check_payload, XsError};
+
+/// An open transaction; see [`XsClient::transaction`]. Dropping it without
+/// committing leaves the server to discard it when the connection closes;
+/// call [`XsTxn::abort`] to end it at once.
+#[derive(Debug)]
+pub struct XsTxn {
+    client: XsClient,
+    id: u32,
+}
+
+impl XsTxn {
+    /// The transaction id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    async fn req(
+        &self,
+        op: &'static str,
+        path: &str,
+        ty: XsType,
+        parts: &[&[u8]],
+        nul: bool,
+    ) -> Result<Vec<u8>, XsError> {
+        let m = XsClient::build(op, path, ty, self.id, parts, nul)?;
+        Ok(self.client.raw(op, path, m).await?.payload)
+    }
+
+    /// Reads a node as this transaction sees it.
+    pub async fn read(&self, path: &str) -> Result<String, XsError> {
+        check_path("read", path)?;
+        let p = self
+            .req("read", path, XsType::Read, &[path.as_bytes()], true)
+            .await?;
+        Ok(String::from_utf8_lossy(&p).into_owned())
+    }
+
+    /// Reads a node; `None` if absent.
+    pub async fn read_opt(&self, path: &str) -> Result<Option<String>, XsError> {
+        match self.read(path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a node in this transaction.
+    pub async fn write(&self, path: &str, value: &str) -> Result<(), XsError> {
+        check_path("write", path)?;
+        check_payload("write", path, path.len() + 1 + value.len())?;
+        self.req(
+            "write",
+            path,
+            XsType::Write,
+            &[path.as_bytes(), value.as_bytes()],
+            false,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Lists children in this transaction.
+    pub async fn directory(&self, path: &str) -> Result<Vec<String>, XsError> {
+        check_path("directory", path)?;
+        let p = self
+            .req(
+                "directory",
+                path,
+                XsType::Directory,
+                &[path.as_bytes()],
+                true,
+            )
+            .await?;
+        Ok(super::codec::split_nul(&p)
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect())
+    }
+
+    /// Creates a node in this transaction.
+    pub async fn mkdir(&self, path: &str) -> Result<(), XsError> {
+        check_path("mkdir", path)?;
+        self.req("mkdir", path, XsType::Mkdir, &[path.as_bytes()], true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a node in this transaction.
+    pub async fn rm(&self, path: &str) -> Result<(), XsError> {
+        check_path("rm", path)?;
+        self.req("rm", path, XsType::Rm, &[path.as_bytes()], true)
+            .await
+            .map(|_| ())
+    }
+
+    async fn end(self, commit: bool) -> Result<(), XsError> {
+        let arg: &[u8] = if commit { b"T" } else { b"F" };
+        let what = format!("transaction {}", self.id);
+        let m = XsClient::build(
+            "transaction-end",
+            &what,
+            XsType::TransactionEnd,
+            self.id,
+            &[arg],
+            true,
+        )?;
+        self.client
+            .raw("transaction-end", &what, m)
+            .await
+            .map(|_| ())
+    }
+
+    /// Commits; a conflict is `XsError::Server { errno: EAGAIN, .. }`.
+    pub async fn commit(self) -> Result<(), XsError> {
+        self.end(true).await
+    }
+
+    /// Discards the transaction.
+    pub async fn abort(self) -> Result<(), XsError> {
+        self.end(false).await
+    }
+}
+
+impl XsClient {
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<XsTxn, XsError> {
+        let m = XsClient::build(
+            "transaction-start",
+            "",
+            XsType::TransactionStart,
+            0,
+            &[b""],
+            true,
+        )?;
+        let reply = self.raw("transaction-start", "", m).await?;
+        let text = String::from_utf8_lossy(reply.parts().first().copied().unwrap_or_default())
+            .into_owned();
+        let id = text.trim().parse().map_err(|_| XsError::Invalid {
+            op: "transaction-start",
+            path: String::new(),
+            why: format!("server sent a bad transaction id {text:?}"),
+        })?;
+        Ok(XsTxn {
+            client: self.clone(),
+            id,
+        })
+    }
+
+    /// Runs `body` in a transaction and commits, starting again from scratch
+    /// while the commit answers EAGAIN (up to the configured attempts). An
+    /// error from `body` aborts the transaction and is returned.
+    pub async fn transaction<T>(
+        &self,
+        mut body: impl AsyncFnMut(&XsTxn) -> Result<T, XsError>,
+    ) -> Result<T, XsError> {
+        let attempts = self.options().transaction_attempts;
+        for _ in 0..attempts {
+            let tx = self.begin().await?;
+            let value = match body(&tx).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.abort().await;
+                    return Err(e);
+                }
+            };
+            match tx.commit().await {
+                Ok(()) => return Ok(value),
+                Err(e) if e.errno() == Some(XsErrno::Eagain) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(XsError::Conflict { attempts })
+    }
+}
