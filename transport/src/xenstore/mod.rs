@@ -3,12 +3,14 @@
 //! * [`codec`]: messages, framing, payload conventions, the 4096-byte limit.
 //! * [`XsClient`]: the hardened client (xenstore-rs underneath, plus the
 //!   project's own connection [`conn::XsConn`] for what xenstore-rs lacks).
+//! * [`store`]: the embedded xenstored's store, sans-IO ([`Store`]).
 
 mod client;
 pub mod codec;
 pub mod conn;
 mod error;
 mod perm;
+pub mod store;
 mod txn;
 mod watch;
 
@@ -16,5 +18,6 @@ pub use client::{ClientOptions, XsClient, DEFAULT_XENSTORED_PATH, ENV_XENSTORED_
 pub use codec::{CodecError, XsMsg};
 pub use error::XsError;
 pub use perm::{BadPerm, Perm, PermAccess};
+pub use store::{ConnId, Event, Outcome, Quotas, Store};
 pub use txn::XsTxn;
 pub use watch::XsWatch;
