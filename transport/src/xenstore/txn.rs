@@ -126,6 +126,16 @@ impl XsTxn {
     }
 }
 
+/// A random pause in `[0, min(1 ms * 2^attempt, 64 ms))`.
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let cap_us = 1000u64 << attempt.min(6);
+    // RandomState is seeded randomly per instance: a cheap source of jitter.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    std::time::Duration::from_micros(h.finish() % cap_us)
+}
+
 impl XsClient {
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<XsTxn, XsError> {
@@ -152,14 +162,15 @@ impl XsClient {
     }
 
     /// Runs `body` in a transaction and commits, starting again from scratch
-    /// while the commit answers EAGAIN (up to the configured attempts). An
-    /// error from `body` aborts the transaction and is returned.
+    /// after a random, growing pause while the commit answers EAGAIN (up to
+    /// the configured attempts). An error from `body` aborts the transaction
+    /// and is returned.
     pub async fn transaction<T>(
         &self,
         mut body: impl AsyncFnMut(&XsTxn) -> Result<T, XsError>,
     ) -> Result<T, XsError> {
         let attempts = self.options().transaction_attempts;
-        for _ in 0..attempts {
+        for attempt in 0..attempts {
             let tx = self.begin().await?;
             let value = match body(&tx).await {
                 Ok(v) => v,
@@ -170,7 +181,11 @@ impl XsClient {
             };
             match tx.commit().await {
                 Ok(()) => return Ok(value),
-                Err(e) if e.errno() == Some(XsErrno::Eagain) => continue,
+                Err(e) if e.errno() == Some(XsErrno::Eagain) => {
+                    // Back off for a random time that grows with each
+                    // conflict, so that contending writers stop colliding.
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
                 Err(e) => return Err(e),
             }
         }
