@@ -4,12 +4,15 @@
 //! * [`XsClient`]: the hardened client (xenstore-rs underneath, plus the
 //!   project's own connection [`conn::XsConn`] for what xenstore-rs lacks).
 //! * [`store`]: the embedded xenstored's store, sans-IO ([`Store`]).
+//! * [`server`]: the embedded xenstored, one Unix socket per domain
+//!   ([`Xenstored`]).
 
 mod client;
 pub mod codec;
 pub mod conn;
 mod error;
 mod perm;
+pub mod server;
 pub mod store;
 mod txn;
 mod watch;
@@ -18,6 +21,7 @@ pub use client::{ClientOptions, XsClient, DEFAULT_XENSTORED_PATH, ENV_XENSTORED_
 pub use codec::{CodecError, XsMsg};
 pub use error::XsError;
 pub use perm::{BadPerm, Perm, PermAccess};
+pub use server::{Xenstored, XenstoredStats};
 pub use store::{ConnId, Event, Outcome, Quotas, Store};
 pub use txn::XsTxn;
 pub use watch::XsWatch;

@@ -1,0 +1,350 @@
+//! The embedded xenstored over its Unix sockets, with a raw xs_wire client
+//! (the project's codec): replies and events, per-domain sockets, bad
+//! clients closed without hurting others, clients that do not read.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::time::timeout;
+use xenring::abi::xs_wire::{XsErrno, XsType};
+use xenring::xenstore::codec::{read_msg, write_msg};
+use xenring::xenstore::{Quotas, Xenstored, XsMsg};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Client {
+    s: UnixStream,
+    req: u32,
+    /// Events read while waiting for replies.
+    events: Vec<(String, String)>,
+}
+
+fn z(parts: &[&str]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in parts {
+        v.extend_from_slice(p.as_bytes());
+        v.push(0);
+    }
+    v
+}
+
+fn event(m: &XsMsg) -> (String, String) {
+    assert_eq!(m.ty, XsType::WatchEvent.raw(), "{m:?}");
+    assert_eq!((m.req_id, m.tx_id), (0, 0));
+    let p = m.parts();
+    (
+        String::from_utf8(p[0].to_vec()).unwrap(),
+        String::from_utf8(p[1].to_vec()).unwrap(),
+    )
+}
+
+impl Client {
+    async fn connect(path: &Path) -> Client {
+        Client {
+            s: UnixStream::connect(path).await.expect("connect"),
+            req: 0,
+            events: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, ty: XsType, tx: u32, payload: &[u8]) -> u32 {
+        self.req += 1;
+        let m = XsMsg {
+            ty: ty.raw(),
+            req_id: self.req,
+            tx_id: tx,
+            payload: payload.to_vec(),
+        };
+        write_msg(&mut self.s, &m).await.expect("send");
+        self.req
+    }
+
+    async fn recv(&mut self) -> Option<XsMsg> {
+        timeout(PATIENCE, read_msg(&mut self.s))
+            .await
+            .expect("no message in time")
+            .ok()
+            .flatten()
+    }
+
+    /// Sends a request and waits for its reply, keeping events aside.
+    async fn call(&mut self, ty: XsType, payload: &[u8]) -> XsMsg {
+        let id = self.send(ty, 0, payload).await;
+        loop {
+            let m = self.recv().await.expect("connection closed");
+            if m.ty == XsType::WatchEvent.raw() {
+                self.events.push(event(&m));
+                continue;
+            }
+            assert_eq!(m.req_id, id);
+            return m;
+        }
+    }
+
+    async fn write(&mut self, path: &str, value: &str) -> Result<(), XsErrno> {
+        let mut p = z(&[path]);
+        p.extend_from_slice(value.as_bytes());
+        let r = self.call(XsType::Write, &p).await;
+        match r.error_name() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    async fn read(&mut self, path: &str) -> Result<String, XsErrno> {
+        let r = self.call(XsType::Read, &z(&[path])).await;
+        match r.error_name() {
+            Some(e) => Err(e),
+            None => Ok(String::from_utf8(r.payload).unwrap()),
+        }
+    }
+
+    async fn next_event(&mut self) -> (String, String) {
+        if !self.events.is_empty() {
+            return self.events.remove(0);
+        }
+        event(&self.recv().await.expect("connection closed"))
+    }
+}
+
+fn start() -> (tempfile::TempDir, Xenstored) {
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Xenstored::start(dir.path().join("xs"), Quotas::default()).unwrap();
+    (dir, xs)
+}
+
+#[tokio::test]
+async fn requests_replies_and_per_domain_sockets() {
+    let (_d, xs) = start();
+    xs.introduce_domain(1);
+    let p0 = xs.socket_path(0).unwrap();
+    assert_eq!(p0, xs.dir().join("0.sock"));
+    assert_eq!(xs.socket_path(0).unwrap(), p0, "same socket");
+    let mut dom0 = Client::connect(&p0).await;
+    let mut dom1 = Client::connect(&xs.socket_path(1).unwrap()).await;
+    dom0.write("/a/b", "v").await.unwrap();
+    assert_eq!(dom0.read("/a/b").await.unwrap(), "v");
+    assert_eq!(dom1.read("/a/b").await, Err(XsErrno::Eacces));
+    assert_eq!(dom1.read("domid").await.unwrap(), "1");
+    dom1.write("data/x", "from 1").await.unwrap();
+    assert_eq!(dom0.read("/local/domain/1/data/x").await.unwrap(), "from 1");
+    let r = dom1.call(XsType::IsDomainIntroduced, &z(&["1"])).await;
+    assert_eq!(r.error_name(), Some(XsErrno::Eacces));
+    let r = dom0.call(XsType::IsDomainIntroduced, &z(&["1"])).await;
+    assert_eq!(r.payload, b"T\0");
+    assert!(xs.stats().requests >= 8);
+}
+
+#[tokio::test]
+async fn watch_ack_comes_before_its_first_event() {
+    let (_d, xs) = start();
+    let p0 = xs.socket_path(0).unwrap();
+    let mut w = Client::connect(&p0).await;
+    let mut other = Client::connect(&p0).await;
+    let id = w.send(XsType::Watch, 0, &z(&["/watched", "tok"])).await;
+    let ack = w.recv().await.unwrap();
+    assert_eq!((ack.ty, ack.req_id), (XsType::Watch.raw(), id));
+    assert_eq!(ack.payload, b"OK\0");
+    assert_eq!(w.next_event().await, ("/watched".into(), "tok".into()));
+    other.write("/watched/child", "1").await.unwrap();
+    assert_eq!(
+        w.next_event().await,
+        ("/watched/child".into(), "tok".into())
+    );
+}
+
+#[tokio::test]
+async fn a_bad_client_is_answered_or_closed_and_the_other_keeps_working() {
+    let (_d, xs) = start();
+    let p0 = xs.socket_path(0).unwrap();
+    let mut good = Client::connect(&p0).await;
+    let mut bad = Client::connect(&p0).await;
+    good.write("/good", "1").await.unwrap();
+
+    // Unknown type: an error reply echoing the request id.
+    let mut garbage = [0u8; 16];
+    garbage[0..4].copy_from_slice(&999u32.to_le_bytes());
+    garbage[4..8].copy_from_slice(&77u32.to_le_bytes());
+    garbage[12..16].copy_from_slice(&3u32.to_le_bytes());
+    bad.s.write_all(&garbage).await.unwrap();
+    bad.s.write_all(b"xyz").await.unwrap();
+    let r = bad.recv().await.unwrap();
+    assert_eq!((r.req_id, r.error_name()), (77, Some(XsErrno::Enosys)));
+    // Missing NUL, bad characters: error replies, the connection stays.
+    let r = bad.call(XsType::Read, b"/no-nul").await;
+    assert_eq!(r.error_name(), Some(XsErrno::Einval));
+    let r = bad.call(XsType::Write, b"/bad path\0v").await;
+    assert_eq!(r.error_name(), Some(XsErrno::Einval));
+    assert_eq!(good.read("/good").await.unwrap(), "1");
+
+    // An oversized header closes the connection.
+    let mut huge = [0u8; 16];
+    huge[0..4].copy_from_slice(&XsType::Write.raw().to_le_bytes());
+    huge[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    bad.s.write_all(&huge).await.unwrap();
+    assert!(bad.recv().await.is_none(), "closed");
+    good.write("/good", "2").await.unwrap();
+    assert_eq!(good.read("/good").await.unwrap(), "2");
+}
+
+#[tokio::test]
+async fn an_undrained_watch_does_not_stall_other_clients() {
+    let (_d, xs) = start();
+    let p0 = xs.socket_path(0).unwrap();
+    let mut sleeper = Client::connect(&p0).await;
+    let mut writer = Client::connect(&p0).await;
+    let mut reader = Client::connect(&p0).await;
+    let r = sleeper.call(XsType::Watch, &z(&["/flood", "s"])).await;
+    assert_eq!(r.payload, b"OK\0");
+    let r = reader.call(XsType::Watch, &z(&["/flood/last", "r"])).await;
+    assert_eq!(r.payload, b"OK\0");
+    // The sleeper never reads: once the kernel buffer and its queue are
+    // full it is dropped, and the writer never waits for it.
+    let mut writes = 0;
+    let value = "x".repeat(200);
+    while xs.stats().dropped == 0 {
+        writer
+            .write(&format!("/flood/n{}", writes % 50), &value)
+            .await
+            .unwrap();
+        writes += 1;
+        assert!(writes < 500_000, "the sleeper was never dropped");
+    }
+    assert!(writes > xenring::xenstore::server::QUEUE_CAPACITY);
+    writer.write("/flood/last", "done").await.unwrap();
+    assert_eq!(
+        reader.next_event().await,
+        ("/flood/last".into(), "r".into())
+    );
+    assert_eq!(
+        reader.next_event().await,
+        ("/flood/last".into(), "r".into())
+    );
+    // The sleeper finds its connection closed after what was sent.
+    let mut n = 0;
+    while sleeper.recv().await.is_some() {
+        n += 1;
+    }
+    assert!(n > 1);
+    assert_eq!(xs.stats().dropped, 1);
+}
+
+#[tokio::test]
+async fn a_domu_that_does_not_read_its_replies_is_not_read_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    xs.introduce_domain(1);
+    let mut dom1 = Client::connect(&xs.socket_path(1).unwrap()).await;
+    dom1.write("data/big", &"b".repeat(2000)).await.unwrap();
+    let before = xs.stats().requests;
+    // Pipeline many reads of a 2000-byte value and read nothing back.
+    const N: u32 = 5000;
+    let (mut rd, mut wr) = dom1.s.into_split();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            let m = XsMsg::with_strings(XsType::Read, i, 0, &[b"data/big"], true).unwrap();
+            write_msg(&mut wr, &m).await.unwrap();
+        }
+        wr
+    });
+    // Wait until the server stops taking requests.
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = xs.stats().requests - before;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < u64::from(N),
+        "the server kept reading ({last} requests)"
+    );
+    for i in 0..N {
+        let m = timeout(PATIENCE, read_msg(&mut rd))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.req_id, m.payload.len()), (i, 2000));
+    }
+    let _wr = sender.await.unwrap();
+    assert_eq!(xs.stats().requests - before, u64::from(N));
+    assert_eq!(xs.stats().dropped, 0);
+}
+
+#[tokio::test]
+async fn release_ends_the_domain_watches_and_fires_release_domain() {
+    let (_d, xs) = start();
+    xs.introduce_domain(3);
+    let mut dom0 = Client::connect(&xs.socket_path(0).unwrap()).await;
+    let mut dom3 = Client::connect(&xs.socket_path(3).unwrap()).await;
+    dom0.call(XsType::Watch, &z(&["@releaseDomain", "rel"]))
+        .await;
+    dom0.call(XsType::Watch, &z(&["@introduceDomain", "intro"]))
+        .await;
+    assert_eq!(dom0.next_event().await.0, "@releaseDomain");
+    assert_eq!(dom0.next_event().await.0, "@introduceDomain");
+    dom3.call(XsType::Watch, &z(&["data", "mine"])).await;
+    assert_eq!(dom3.next_event().await, ("data".into(), "mine".into()));
+    xs.introduce_domain(4);
+    assert_eq!(
+        dom0.next_event().await,
+        ("@introduceDomain".into(), "intro".into())
+    );
+    xs.release_domain(3);
+    assert_eq!(
+        dom0.next_event().await,
+        ("@releaseDomain".into(), "rel".into())
+    );
+    assert!(!xs.is_introduced(3));
+    dom0.write("/local/domain/3/data/after", "x").await.unwrap();
+    // dom3's watch is gone: its next message is the reply to this read.
+    let r = dom3
+        .call(XsType::Read, &z(&["/local/domain/3/domid"]))
+        .await;
+    assert_eq!(
+        r.error_name(),
+        Some(XsErrno::Eacces),
+        "the r3 entry went too"
+    );
+    assert!(dom3.events.is_empty(), "{:?}", dom3.events);
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_removes_sockets() {
+    let (_d, xs) = start();
+    let p0 = xs.socket_path(0).unwrap();
+    let p5 = xs.socket_path(5).unwrap();
+    let mut c = Client::connect(&p0).await;
+    c.write("/x", "1").await.unwrap();
+    assert_eq!(xs.stats().connections, 1);
+    xs.shutdown();
+    assert!(c.recv().await.is_none());
+    assert!(!p0.exists() && !p5.exists());
+    assert!(UnixStream::connect(&p0).await.is_err());
+}
+
+#[test]
+fn drop_stops_and_removes_the_sockets_and_a_restart_reuses_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = {
+        let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+        xs.socket_path(0).unwrap()
+    };
+    assert!(!path.exists());
+    // A stale socket file is replaced.
+    std::fs::write(dir.path().join("0.sock"), b"stale").unwrap();
+    let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    let p = xs.socket_path(0).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let m = XsMsg::with_strings(XsType::Read, 1, 0, &[b"/local/domain/0/name"], true).unwrap();
+    std::io::Write::write_all(&mut s, &m.to_bytes()).unwrap();
+    let mut buf = [0u8; 16 + 8];
+    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+    assert_eq!(&buf[16..], b"Domain-0");
+}
