@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! xenring-sim run                       # the host, as a daemon (until SIGINT/SIGTERM)
-//! xenring-sim exec --domid N -- CMD     # run CMD as domain N of that host
+//! xenring-sim exec --domid N -- CMD     # run CMD as domain N of that host (XENSTORED_PATH set)
 //! xenring-sim report [--check]          # what each domain still holds
 //! xenring-sim destroy --domid N         # destroy a domain
 //! xenring-sim smoke                     # two domain processes share, map and ping-pong
@@ -24,6 +24,7 @@ use xenring::sim::selftest::{self, Offer};
 use xenring::sim::{
     default_socket_path, HostConfig, SimAdmin, SimDomain, SimHost, ENV_DOMID, ENV_SOCKET,
 };
+use xenring::xenstore::ENV_XENSTORED_PATH;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,7 +51,8 @@ enum Cmd {
         #[arg(long, default_value_t = HostConfig::default().gnttab_entries)]
         gnttab_entries: u32,
     },
-    /// Run a command as a domain of the host.
+    /// Run a command as a domain of the host (with XENRING_SIM_SOCKET,
+    /// XENRING_DOMID and XENSTORED_PATH set for it).
     Exec {
         /// The domain id it joins as.
         #[arg(long)]
@@ -172,11 +174,14 @@ fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
         }
         Cmd::Exec { domid, command } => {
             // Fail early, with the reason, rather than in the child.
-            admin(socket)?;
+            let xenstore = admin(socket)?
+                .xenstore_path(domid)
+                .with_context(|| format!("no xenstore socket for domain {domid}"))?;
             let err = Command::new(&command[0])
                 .args(&command[1..])
                 .env(ENV_SOCKET, socket)
                 .env(ENV_DOMID, domid.to_string())
+                .env(ENV_XENSTORED_PATH, &xenstore)
                 .exec();
             bail!("cannot run {:?}: {err}", command[0])
         }

@@ -933,4 +933,13 @@ impl SimAdmin {
             other => Err(reply_error(other)),
         }
     }
+
+    /// The host's xenstored socket for domain `domid` (what
+    /// `XENSTORED_PATH` should name for a client speaking as that domain).
+    pub fn xenstore_path(&self, domid: DomId) -> Result<std::path::PathBuf> {
+        match call_on(&self.conn, &Request::XenstorePath { domid })?.0 {
+            Reply::Path { path } => Ok(path.into()),
+            other => Err(reply_error(other)),
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! The simulated host as a service: a control socket where processes join as
-//! domains (or as administrators), one thread per connection, and the
-//! [`Hypervisor`](super::hv) behind one lock.
+//! domains (or as administrators), one thread per connection, the
+//! [`Hypervisor`](super::hv) behind one lock, and the host's XenStore (an
+//! embedded [`Xenstored`] with its sockets in `xenstore/` beside the control
+//! socket): a domain is introduced when it joins and released in every path
+//! that destroys it (disconnect, destroy request, shutdown).
 //!
 //! A domain lives as long as its connection: when the process dies (or drops
 //! its [`SimDomain`](super::SimDomain)), the connection closes and the host
@@ -27,6 +30,7 @@ use super::hv::{HostConfig, Hypervisor};
 use super::report::HostReport;
 use super::wire::{borrow_all, recv_packet, send_packet, Reply, Request};
 use crate::platform::libc_errno::{EINVAL, EPERM};
+use crate::xenstore::Xenstored;
 
 #[derive(Debug)]
 struct Shared {
@@ -35,6 +39,9 @@ struct Shared {
     /// Open connections (dups), to cut them on destroy and shutdown.
     conns: Mutex<HashMap<u64, (Option<u16>, OwnedFd)>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The host's XenStore: a domain is introduced when it joins and
+    /// released when it is destroyed.
+    xenstored: Xenstored,
 }
 
 /// A running simulated Xen host.
@@ -68,7 +75,8 @@ pub fn default_socket_path() -> PathBuf {
 
 impl SimHost {
     /// Starts a host whose control socket is `socket` (an existing stale
-    /// socket file there is replaced).
+    /// socket file there is replaced), with its xenstored's sockets in the
+    /// directory `xenstore/` beside it.
     pub fn start(socket: impl AsRef<Path>, cfg: HostConfig) -> io::Result<SimHost> {
         let path = socket.as_ref().to_path_buf();
         if let Some(dir) = path.parent() {
@@ -88,11 +96,17 @@ impl SimHost {
         bind(&listener, &SocketAddrUnix::new(&path)?)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
         listen(&listener, 128)?;
+        let xs_dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.join("xenstore"),
+            _ => PathBuf::from("xenstore"),
+        };
+        let xenstored = Xenstored::start(&xs_dir, cfg.xenstore_quotas)?;
         let shared = Arc::new(Shared {
             hv: Mutex::new(Hypervisor::new(cfg)?),
             stopping: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            xenstored,
         });
         let l = listener.try_clone()?;
         let s = shared.clone();
@@ -111,6 +125,13 @@ impl SimHost {
     /// The control socket's path.
     pub fn control_path(&self) -> &Path {
         &self.path
+    }
+
+    /// The xenstored socket of domain `domid` (connections to it speak for
+    /// that domain; dom0's is privileged). Give it to clients as
+    /// `XENSTORED_PATH`.
+    pub fn xenstore_path(&self, domid: u16) -> io::Result<PathBuf> {
+        self.shared.xenstored.socket_path(domid)
     }
 
     /// What every domain holds now.
@@ -145,6 +166,8 @@ impl SimHost {
         for t in threads {
             let _ = t.join();
         }
+        // Every domain is destroyed (and released) by now.
+        self.shared.xenstored.stop();
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -156,15 +179,14 @@ impl Drop for SimHost {
 }
 
 fn destroy(shared: &Shared, domid: u16) -> Result<(), String> {
-    shared
-        .hv
-        .lock()
-        .expect("hv lock")
-        .destroy(domid)
-        .map_err(|r| match r {
+    {
+        let mut hv = shared.hv.lock().expect("hv lock");
+        hv.destroy(domid).map_err(|r| match r {
             Reply::Errno { message, .. } | Reply::Status { message, .. } => message,
             other => format!("{other:?}"),
         })?;
+        shared.xenstored.release_domain(domid);
+    }
     for (d, fd) in shared.conns.lock().expect("conns lock").values() {
         if *d == Some(domid) {
             let _ = shutdown(fd, Shutdown::Both);
@@ -257,8 +279,9 @@ fn serve(id: u64, conn: OwnedFd, shared: Arc<Shared>) {
         let mut hv = shared.hv.lock().expect("hv lock");
         // Already destroyed by an administrator, or destroyed now: its
         // process is gone.
-        if let Err(r) = hv.destroy(domid) {
-            tracing::debug!(domid, ?r, "domain already gone at disconnect");
+        match hv.destroy(domid) {
+            Ok(()) => shared.xenstored.release_domain(domid),
+            Err(r) => tracing::debug!(domid, ?r, "domain already gone at disconnect"),
         }
     }
 }
@@ -275,8 +298,36 @@ fn perm(message: String) -> (Reply, Vec<OwnedFd>) {
 
 fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Vec<OwnedFd>) {
     let me = match (&*role, &req) {
+        (_, Request::XenstorePath { domid }) => {
+            return match shared.xenstored.socket_path(*domid) {
+                Ok(p) => match p.into_os_string().into_string() {
+                    Ok(path) => (Reply::Path { path }, Vec::new()),
+                    Err(p) => (
+                        Reply::Errno {
+                            errno: EINVAL,
+                            message: format!("xenstore socket path {p:?} is not UTF-8"),
+                        },
+                        Vec::new(),
+                    ),
+                },
+                Err(e) => (
+                    Reply::Errno {
+                        errno: e.raw_os_error().unwrap_or(EINVAL),
+                        message: format!("xenstore socket of domain {domid}: {e}"),
+                    },
+                    Vec::new(),
+                ),
+            };
+        }
         (Role::None, Request::Join { domid }) => {
-            let joined = shared.hv.lock().expect("hv lock").join(*domid);
+            let joined = {
+                let mut hv = shared.hv.lock().expect("hv lock");
+                let j = hv.join(*domid);
+                if j.is_ok() {
+                    shared.xenstored.introduce_domain(*domid);
+                }
+                j
+            };
             return match joined {
                 Ok(j) => {
                     *role = Role::Domain(*domid);
@@ -352,7 +403,11 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
         Request::ClosePort { port } => plain(hv.close_port(me, port)),
         Request::AddNotify(n) => plain(hv.add_notify(me, n)),
         Request::FireNotify { id } => plain(hv.fire(me, id)),
-        Request::Join { .. } | Request::Admin | Request::Report | Request::Destroy { .. } => {
+        Request::Join { .. }
+        | Request::Admin
+        | Request::Report
+        | Request::Destroy { .. }
+        | Request::XenstorePath { .. } => {
             unreachable!("handled above")
         }
     }

@@ -36,6 +36,8 @@ pub struct HostConfig {
     pub gnttab_entries: u32,
     /// Highest port number + 1 per domain.
     pub max_ports: u32,
+    /// Quotas of the host's xenstored for unprivileged domains.
+    pub xenstore_quotas: crate::xenstore::Quotas,
 }
 
 impl Default for HostConfig {
@@ -44,6 +46,7 @@ impl Default for HostConfig {
             machine_frames: 1 << 18, // 1 GiB
             gnttab_entries: 32 * 512,
             max_ports: 4096,
+            xenstore_quotas: crate::xenstore::Quotas::default(),
         }
     }
 }

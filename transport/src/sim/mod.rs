@@ -36,3 +36,5 @@ pub use report::{DomainReport, DomainState, HostReport};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_xenstore;

@@ -15,6 +15,7 @@ fn host() -> (tempfile::TempDir, SimHost) {
         machine_frames: 4096,
         gnttab_entries: 1024,
         max_ports: 64,
+        ..HostConfig::default()
     };
     let host = SimHost::start(dir.path().join("control.sock"), cfg).unwrap();
     (dir, host)

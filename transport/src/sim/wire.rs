@@ -103,6 +103,8 @@ pub enum Request {
     Report,
     /// Destroy a domain (admin or dom0 only).
     Destroy { domid: u16 },
+    /// The path of domain `domid`'s xenstored socket (anyone may ask).
+    XenstorePath { domid: u16 },
 }
 
 /// Replies from the host.
@@ -131,6 +133,8 @@ pub enum Reply {
     NotifyId { id: u64 },
     /// The report.
     Report(HostReport),
+    /// A filesystem path (UTF-8).
+    Path { path: String },
 }
 
 struct W(Vec<u8>);
@@ -294,6 +298,7 @@ impl Request {
             Request::FireNotify { id } => w.u8(12).u64(*id),
             Request::Report => w.u8(13),
             Request::Destroy { domid } => w.u8(14).u16(*domid),
+            Request::XenstorePath { domid } => w.u8(15).u16(*domid),
         };
         w.0
     }
@@ -349,6 +354,7 @@ impl Request {
             12 => Request::FireNotify { id: r.u64()? },
             13 => Request::Report,
             14 => Request::Destroy { domid: r.u16()? },
+            15 => Request::XenstorePath { domid: r.u16()? },
             t => return Err(bad_tag(t)),
         };
         r.end()?;
@@ -407,6 +413,7 @@ impl Reply {
                 }
                 &mut w
             }
+            Reply::Path { path } => w.u8(10).str(path),
         };
         w.0
     }
@@ -468,6 +475,7 @@ impl Reply {
                     domains,
                 })
             }
+            10 => Reply::Path { path: r.str()? },
             t => return Err(bad_tag(t)),
         };
         r.end()?;
@@ -584,6 +592,7 @@ mod tests {
             Request::FireNotify { id: 4 },
             Request::Report,
             Request::Destroy { domid: 9 },
+            Request::XenstorePath { domid: 3 },
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
@@ -631,6 +640,9 @@ mod tests {
                     notifies: 8,
                 }],
             }),
+            Reply::Path {
+                path: "/run/x/1.sock".into(),
+            },
         ];
         for r in reps {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);

@@ -1,0 +1,155 @@
+//! The host's xenstored follows the domains: introduced when one joins,
+//! released in every path that destroys it.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::abi::xs_wire::XsType;
+use crate::xenstore::codec::decode;
+use crate::xenstore::XsMsg;
+
+/// A blocking raw xs_wire client (dom0's socket unless told otherwise).
+struct Xs {
+    s: UnixStream,
+    buf: Vec<u8>,
+    events: Vec<String>,
+}
+
+impl Xs {
+    fn connect(h: &SimHost, domid: u16) -> Xs {
+        let s = UnixStream::connect(h.xenstore_path(domid).unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Xs {
+            s,
+            buf: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn recv(&mut self) -> XsMsg {
+        loop {
+            if let Some((m, used)) = decode(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                return m;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.s.read(&mut chunk).expect("xenstored reply in time");
+            assert!(n > 0, "xenstored closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, ty: XsType, parts: &[&str]) -> XsMsg {
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        let m = XsMsg::with_strings(ty, 9, 0, &parts, true).unwrap();
+        self.s.write_all(&m.to_bytes()).unwrap();
+        loop {
+            let r = self.recv();
+            if r.kind() == Some(XsType::WatchEvent) {
+                self.events
+                    .push(String::from_utf8_lossy(r.parts()[0]).into_owned());
+                continue;
+            }
+            return r;
+        }
+    }
+
+    fn introduced(&mut self, domid: u16) -> bool {
+        let r = self.call(XsType::IsDomainIntroduced, &[&domid.to_string()]);
+        r.payload == b"T\0"
+    }
+
+    /// Waits for an event on `path`.
+    fn wait_event(&mut self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.events.iter().any(|e| e == path) {
+            assert!(
+                Instant::now() < deadline,
+                "no event on {path}: {:?}",
+                self.events
+            );
+            let r = self.recv();
+            assert_eq!(r.kind(), Some(XsType::WatchEvent));
+            self.events
+                .push(String::from_utf8_lossy(r.parts()[0]).into_owned());
+        }
+    }
+}
+
+fn host() -> (tempfile::TempDir, SimHost) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HostConfig {
+        machine_frames: 1024,
+        gnttab_entries: 512,
+        max_ports: 16,
+        ..HostConfig::default()
+    };
+    let host = SimHost::start(dir.path().join("control.sock"), cfg).unwrap();
+    (dir, host)
+}
+
+#[test]
+fn sockets_live_beside_the_control_socket_and_admins_can_ask() {
+    let (dir, h) = host();
+    let p = h.xenstore_path(3).unwrap();
+    assert_eq!(p, dir.path().join("xenstore").join("3.sock"));
+    let admin = SimAdmin::connect(h.control_path()).unwrap();
+    assert_eq!(admin.xenstore_path(3).unwrap(), p);
+    let mut xs = Xs::connect(&h, 0);
+    let r = xs.call(XsType::Read, &["/local/domain/0/name"]);
+    assert_eq!(r.payload, b"Domain-0");
+    drop(xs);
+    h.shutdown();
+    assert!(!p.exists(), "sockets removed at shutdown");
+}
+
+#[test]
+fn joining_introduces_and_every_destroy_path_releases() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    xs.call(XsType::Watch, &["@releaseDomain", "r"]);
+    xs.call(XsType::Watch, &["@introduceDomain", "i"]);
+    xs.events.clear();
+    assert!(!xs.introduced(1));
+
+    // Disconnect.
+    let d1 = SimDomain::connect(h.control_path(), 1).unwrap();
+    xs.wait_event("@introduceDomain");
+    assert!(xs.introduced(1));
+    let r = xs.call(XsType::Read, &["/local/domain/1/domid"]);
+    assert_eq!(r.payload, b"1");
+    drop(d1);
+    xs.wait_event("@releaseDomain");
+    assert!(!xs.introduced(1));
+
+    // Destroy request.
+    xs.events.clear();
+    let d0 = SimDomain::connect(h.control_path(), 0).unwrap();
+    let _d2 = SimDomain::connect(h.control_path(), 2).unwrap();
+    assert!(xs.introduced(2));
+    d0.destroy_domain(2).unwrap();
+    xs.wait_event("@releaseDomain");
+    assert!(!xs.introduced(2));
+
+    // Shutdown: domain 3 is released before xenstored stops (its watch
+    // on @releaseDomain/3 hears of it).
+    let _d3 = SimDomain::connect(h.control_path(), 3).unwrap();
+    xs.events.clear();
+    xs.call(XsType::Watch, &["@releaseDomain/3", "r3"]);
+    assert!(xs.introduced(3));
+    let t = std::thread::spawn(move || h.shutdown());
+    xs.wait_event("@releaseDomain/3");
+    t.join().unwrap();
+}
+
+#[test]
+fn a_domain_socket_speaks_for_that_domain() {
+    let (_d, h) = host();
+    let _d1 = SimDomain::connect(h.control_path(), 1).unwrap();
+    let mut xs1 = Xs::connect(&h, 1);
+    assert_eq!(xs1.call(XsType::Read, &["name"]).payload, b"domain-1");
+    let r = xs1.call(XsType::Read, &["/local/domain/0/name"]);
+    assert_eq!(r.error_name(), Some(crate::abi::xs_wire::XsErrno::Eacces));
+}
