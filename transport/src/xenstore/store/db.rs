@@ -71,24 +71,29 @@ impl<'a> Db<'a> {
         Ok(live.cloned())
     }
 
-    /// Writes `node` at `path` (which the request has read before).
+    /// Writes `node` at `path` (which the request has normally read
+    /// before; if not, the transaction records it now).
     pub fn put(&mut self, path: &str, mut node: Node) {
         match self.tx.as_deref_mut() {
             None => self.tree.insert(path, node),
             Some(tx) => {
+                tx.touch(path, self.tree.get(path));
                 node.generation = self.tree.next_generation();
                 tx.set(path, Some(node));
             }
         }
     }
 
-    /// Removes the single node at `path` (which the request has read).
+    /// Removes the single node at `path`.
     pub fn remove(&mut self, path: &str) {
         match self.tx.as_deref_mut() {
             None => {
                 self.tree.remove(path);
             }
-            Some(tx) => tx.set(path, None),
+            Some(tx) => {
+                tx.touch(path, self.tree.get(path));
+                tx.set(path, None);
+            }
         }
     }
 

@@ -939,3 +939,73 @@ fn default_quotas_are_c_xenstored_defaults() {
         Err(XsErrno::Enospc)
     );
 }
+
+// ---- random input ----
+
+#[test]
+fn random_requests_never_panic_and_always_answer() {
+    // A deterministic xorshift: no new dependency, same run every time.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let pieces: [&[u8]; 16] = [
+        b"/",
+        b"a",
+        b"b",
+        b"data",
+        b"@releaseDomain",
+        b"\0",
+        b"\0",
+        b"\0",
+        b"1",
+        b"T",
+        b"r1",
+        b"n0",
+        b"//",
+        b"..",
+        b"\xff",
+        b"local/domain/1",
+    ];
+    let mut t = T::with(Quotas {
+        nodes: 50,
+        watches: 5,
+        transactions: 3,
+        transaction_nodes: 20,
+        ..Quotas::default()
+    });
+    for i in 0..20_000u32 {
+        let r = next();
+        let ty = match r % 10 {
+            0 => (r >> 8) as u32 % 30,
+            _ => [1u32, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14, 21, 22][(r >> 8) as usize % 13],
+        };
+        let mut payload = Vec::new();
+        for _ in 0..(r >> 16) % 6 {
+            payload.extend_from_slice(pieces[(next() % 16) as usize]);
+        }
+        let domid = [0u16, 1, 2, 3][(r >> 24) as usize % 4];
+        let tx = if (r >> 30) % 4 == 0 {
+            (r >> 32) as u32 % 4
+        } else {
+            0
+        };
+        let m = XsMsg {
+            ty,
+            req_id: i,
+            tx_id: tx,
+            payload,
+        };
+        let out =
+            t.s.handle(ConnId(u64::from(domid) * 2 + (r >> 40) % 2), domid, &m);
+        assert_eq!((out.reply.req_id, out.reply.tx_id), (i, tx));
+        assert!(out.reply.payload.len() <= crate::abi::xs_wire::XENSTORE_PAYLOAD_MAX);
+        if i % 5000 == 0 {
+            t.s.release(1);
+            t.s.introduce(1);
+        }
+    }
+}

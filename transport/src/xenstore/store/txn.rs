@@ -94,13 +94,13 @@ impl Txn {
         ));
     }
 
-    fn entry_mut(&mut self, path: &str) -> &mut Entry {
-        let i = self.index[path];
-        &mut self.entries[i].1
-    }
-
-    /// Sets the transaction's view of a touched `path` (`None` removes).
+    /// Sets the transaction's view of a touched `path` (`None` removes); an
+    /// untouched path fails the transaction.
     pub fn set(&mut self, path: &str, node: Option<Node>) {
+        let Some(&i) = self.index.get(path) else {
+            self.failed = true;
+            return;
+        };
         let old_owner = self.view(path).and_then(|n| n.as_ref().map(Node::owner));
         let new_owner = node.as_ref().map(Node::owner);
         if old_owner != new_owner {
@@ -114,7 +114,7 @@ impl Txn {
         if old_owner.is_none() && new_owner.is_some() {
             self.created = true;
         }
-        let e = self.entry_mut(path);
+        let e = &mut self.entries[i].1;
         e.node = node;
         e.modified = true;
     }
@@ -127,11 +127,11 @@ impl Txn {
     /// Queues a watch event for a touched `path` (a subtree match wins
     /// over an exact one).
     pub fn queue_fire(&mut self, path: &str, kind: Match) {
-        if !self.index.contains_key(path) {
+        let Some(&i) = self.index.get(path) else {
             self.failed = true;
             return;
-        }
-        let e = self.entry_mut(path);
+        };
+        let e = &mut self.entries[i].1;
         e.fire = match (e.fire, kind) {
             (Some(Match::Subtree), _) | (_, Match::Subtree) => Some(Match::Subtree),
             _ => Some(Match::Exact),
