@@ -3,15 +3,12 @@
 //! every operation shares (C xenstored's `get_node()`, `errno_from_parents()`,
 //! `construct_node()`, `create_node()` and the node removal walk).
 
-use std::collections::HashMap;
-
 use super::path::{basename, join, parent};
 use super::tree::{access_for, Access, Node, Tree, PRIV_DOMID};
 use super::txn::Txn;
 use super::watch::{Change, Match};
 use super::Quotas;
 use crate::abi::xs_wire::XsErrno;
-use crate::xenstore::Perm;
 
 /// The tree as one request of `domid` sees it.
 pub(super) struct Db<'a> {
@@ -250,15 +247,8 @@ impl<'a> Db<'a> {
         }
         let parent_path = parent(root).to_string();
         let mut parent_node = self.get(&parent_path)?;
-        let perms_of: HashMap<&str, &Vec<Perm>> =
-            order.iter().map(|(p, n)| (p.as_str(), &n.perms)).collect();
         let mut changes = Vec::with_capacity(order.len());
         for (p, n) in &order {
-            let parent_perms = if p == root {
-                parent_node.as_ref().map(|n| n.perms.clone())
-            } else {
-                perms_of.get(parent(p)).map(|v| (*v).clone())
-            };
             changes.push(Change {
                 path: p.clone(),
                 kind: if p == root {
@@ -267,7 +257,6 @@ impl<'a> Db<'a> {
                     Match::Exact
                 },
                 node: Some(n.perms.clone()),
-                parent: parent_perms,
                 old: None,
             });
         }

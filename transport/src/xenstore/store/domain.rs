@@ -45,18 +45,14 @@ fn ensure(tree: &mut Tree, path: &str, value: &[u8], perms: Vec<Perm>, changes: 
     if tree.get(path).is_some() {
         return;
     }
-    let parent_perms = if path.starts_with('@') {
-        tree.get("/").map(|n| n.perms.clone())
-    } else {
+    if !path.starts_with('@') {
         let pp = parent(path);
         let Some(mut pn) = tree.get(pp).cloned() else {
             return;
         };
         pn.children.push(basename(path).to_string());
-        let perms = pn.perms.clone();
         tree.insert(pp, pn);
-        Some(perms)
-    };
+    }
     let mut n = Node::new(perms.clone());
     n.value = value.to_vec();
     tree.insert(path, n);
@@ -64,7 +60,6 @@ fn ensure(tree: &mut Tree, path: &str, value: &[u8], perms: Vec<Perm>, changes: 
         path: path.to_string(),
         kind: Match::Subtree,
         node: Some(perms),
-        parent: parent_perms,
         old: None,
     });
 }
@@ -116,14 +111,12 @@ pub(super) fn create_home(tree: &mut Tree, domid: u16) -> Vec<Change> {
 /// itself and on `<special>/<domid>`.
 pub(super) fn special_changes(tree: &Tree, special: &str, domid: u16) -> Vec<Change> {
     let node = tree.get(special).map(|n| n.perms.clone());
-    let root = tree.get("/").map(|n| n.perms.clone());
     [special.to_string(), format!("{special}/{domid}")]
         .into_iter()
         .map(|path| Change {
             path,
             kind: Match::Exact,
             node: node.clone(),
-            parent: root.clone(),
             old: None,
         })
         .collect()

@@ -47,12 +47,10 @@ pub(super) fn read(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsErrno> 
 }
 
 fn write_change(db: &mut Db<'_>, path: &str, perms: Vec<Perm>) -> Result<(), XsErrno> {
-    let parent_perms = db.get(parent(path))?.map(|n| n.perms);
     db.changed(Change {
         path: path.to_string(),
         kind: Match::Subtree,
         node: Some(perms),
-        parent: parent_perms,
         old: None,
     });
     Ok(())
@@ -208,12 +206,10 @@ pub(super) fn set_perms(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsEr
     let old = std::mem::replace(&mut node.perms, perms.clone());
     db.check_size(&node)?;
     db.put(&p.abs, node);
-    let parent_perms = db.get(parent(&p.abs))?.map(|n| n.perms);
     db.changed(Change {
         path: p.abs,
         kind: Match::Subtree,
         node: Some(perms),
-        parent: parent_perms,
         old: Some(old),
     });
     Ok(OK.to_vec())

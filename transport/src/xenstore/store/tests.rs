@@ -443,7 +443,8 @@ fn watch_events_respect_read_permission() {
         t.write_ev(0, "/local/domain/1/data/x", "s"),
         vec![ev(9, "/local/domain/1/data/x", "all")]
     );
-    // C's watch_permitted(): the node or its parent readable is enough.
+    // Unlike C's watch_permitted(), a readable parent does not reveal an
+    // unreadable child: the watcher never hears of a node it may not read.
     t.write(0, "/pub", "").unwrap();
     t.set_perms(0, "/pub", &["n0", "r1"]).unwrap();
     t.write(0, "/pub/hidden", "").unwrap();
@@ -451,7 +452,13 @@ fn watch_events_respect_read_permission() {
     t.write(0, "/pub/hidden/deeper", "").unwrap();
     assert_eq!(
         t.write_ev(0, "/pub/hidden", "1"),
-        vec![ev(9, "/pub/hidden", "all")]
+        vec![],
+        "parent readable, node not"
+    );
+    assert_eq!(
+        t.write_ev(0, "/pub/visible", "1"),
+        vec![ev(9, "/pub/visible", "all")],
+        "a new node under /pub inherits r1"
     );
     assert_eq!(
         t.write_ev(0, "/pub/hidden/deeper", "1"),

@@ -176,15 +176,10 @@ impl Txn {
         for (path, e) in self.entries {
             let Some(kind) = e.fire else { continue };
             let node = tree.get(&path).map(|n| n.perms.clone());
-            let parent = node
-                .as_ref()
-                .and_then(|_| tree.get(super::path::parent(&path)))
-                .map(|n| n.perms.clone());
             changes.push(Change {
                 path,
                 kind,
                 node,
-                parent,
                 old: e.old_perms,
             });
         }

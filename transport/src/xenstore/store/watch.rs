@@ -8,9 +8,13 @@
 //!   with its own path;
 //! * the event names the changed path as the watcher wrote its watch:
 //!   a relative watch gets relative paths;
-//! * a watcher hears of a change only if it may read the node, or its
-//!   parent, or could read the node before the change (`watch_permitted()`);
-//!   the privileged domain hears of everything;
+//! * a watcher hears of a change only if it may read the node (as it is
+//!   after the change, or, for a removal, as it was), or could read it
+//!   before the change (a SET_PERMS that takes its access away fires once);
+//!   the privileged domain hears of everything. This is stricter than C
+//!   xenstored's `watch_permitted()`, which also lets a readable parent
+//!   reveal an unreadable child: here a watcher never hears of a node it may
+//!   not read;
 //! * special paths (`@introduceDomain`, `@releaseDomain`) fire only for
 //!   watches on exactly that path, or on `@releaseDomain/<domid>` for one
 //!   domain, subject to the read permission of the special node.
@@ -38,8 +42,6 @@ pub(super) struct Change {
     pub kind: Match,
     /// The node's permissions (after the change; for a removal, as it was).
     pub node: Option<Vec<Perm>>,
-    /// The parent's permissions.
-    pub parent: Option<Vec<Perm>>,
     /// The node's permissions before the change, when they changed.
     pub old: Option<Vec<Perm>>,
 }
@@ -49,7 +51,7 @@ impl Change {
         if domid == PRIV_DOMID {
             return true;
         }
-        [&self.old, &self.node, &self.parent]
+        [&self.old, &self.node]
             .into_iter()
             .flatten()
             .any(|p| access_for(domid, p).read)
