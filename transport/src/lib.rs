@@ -8,6 +8,7 @@
 //! | [`shm`] | mapped shared memory (one of two modules with `unsafe`) |
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
 //! | [`platform`] | the small traits all protocol code is written against |
+//! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
 //! | [`sim`] | the simulated Xen host and its domain-side client |
 //! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
 #![deny(missing_docs)]
@@ -15,6 +16,7 @@
 pub mod abi;
 pub mod grant;
 pub mod platform;
+pub mod ring;
 pub mod shm;
 pub mod sim;
 pub mod xenstore;
