@@ -10,6 +10,7 @@
 //! | [`platform`] | the small traits all protocol code is written against |
 //! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
 //! | [`sim`] | the simulated Xen host and its domain-side client |
+//! | [`stream`] | the sans-IO vchan byte ring (libxenvchan layout and notify bits), server and client ends |
 //! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
 #![deny(missing_docs)]
 
@@ -19,4 +20,5 @@ pub mod platform;
 pub mod ring;
 pub mod shm;
 pub mod sim;
+pub mod stream;
 pub mod xenstore;
