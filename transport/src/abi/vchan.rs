@@ -27,9 +27,11 @@
 //! `cli_live`/`srv_live` say whether each side is there
 //! ([`VCHAN_LIVE_CLOSED`], [`VCHAN_LIVE_CONNECTED`], [`VCHAN_LIVE_WAITING`]).
 //! `cli_notify`/`srv_notify` hold [`VCHAN_NOTIFY_WRITE`] and
-//! [`VCHAN_NOTIFY_READ`] bits: a side that wants to be woken sets bits in its
-//! *own* byte; the peer, after writing or reading, clears the bits of that
-//! byte and sends an event only if one was set.
+//! [`VCHAN_NOTIFY_READ`] bits: a side that wants to be woken sets bits in the
+//! *peer's* byte (the server in `cli_notify`, the client in `srv_notify`);
+//! the owner of a byte, after writing or reading, fetch-and-clears the
+//! matching bit of its own byte and sends an event only if it was set
+//! (libxenvchan's `io.c`: `request_notify` and `send_notify`).
 //!
 //! This module holds the format only. The indexes and notify bytes of a
 //! shared control page are accessed through atomics by the stream code; this
@@ -174,11 +176,13 @@ impl<T: AsRef<[u8]>> VchanHeader<T> {
     pub fn srv_live(&self) -> u8 {
         get_u8(self.buffer.as_ref(), field::SRV_LIVE)
     }
-    /// The client's wake-me bits (`VCHAN_NOTIFY_*`), acted on by the server.
+    /// Requests the server made of the client (`VCHAN_NOTIFY_*`): the
+    /// client fetch-and-clears them after it writes or reads.
     pub fn cli_notify(&self) -> u8 {
         get_u8(self.buffer.as_ref(), field::CLI_NOTIFY)
     }
-    /// The server's wake-me bits (`VCHAN_NOTIFY_*`), acted on by the client.
+    /// Requests the client made of the server (`VCHAN_NOTIFY_*`): the
+    /// server fetch-and-clears them after it writes or reads.
     pub fn srv_notify(&self) -> u8 {
         get_u8(self.buffer.as_ref(), field::SRV_NOTIFY)
     }
