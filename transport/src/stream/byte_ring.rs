@@ -284,6 +284,11 @@ impl Producer {
     /// (then send it an event). When the ring is full (0 written from a
     /// non-empty `data`) the peer has been asked to send an event when it
     /// reads: wait for it, then call again.
+    ///
+    /// The peer's live byte is not looked at (libxenvchan's write refuses
+    /// once the peer is gone): the caller decides with
+    /// [`Producer::peer_state`], typically before waiting. Writing after this
+    /// end closed is [`StreamError::Closed`].
     pub fn write(&mut self, data: &[u8]) -> Result<(usize, NotifyNeeded), StreamError> {
         self.shared.check()?;
         if self.shared.is_closed() {
