@@ -11,6 +11,38 @@
 //! the ring again (after a notification, or after `final_check_*` said there
 //! is more work).
 //!
+//! ```
+//! use xenring::abi::blkif::{BlkifRequest, BlkifResponse};
+//! use xenring::ring::{BackRing, FrontRing, NotifyNeeded};
+//! use xenring::shm::{Region, PAGE_SIZE};
+//!
+//! type Req = BlkifRequest<[u8; 112]>;
+//! type Rsp = BlkifResponse<[u8; 16]>;
+//! // In real use each end maps the granted page(s) in its own domain.
+//! let page = Region::anonymous(PAGE_SIZE)?;
+//! let mut front = FrontRing::<Req, Rsp, _>::init(&page)?;
+//! let mut back = BackRing::<Req, Rsp, _>::new(&page)?;
+//! assert_eq!(front.size(), 32);
+//!
+//! let mut req = BlkifRequest::new_unchecked([0u8; 112]);
+//! req.set_id(7);
+//! front.put_request(&req)?;
+//! // The backend asked for an event on the first request: kick it.
+//! assert_eq!(front.push_requests()?, NotifyNeeded::Yes);
+//!
+//! let got = back.take_request()?.expect("pushed");
+//! let mut rsp = BlkifResponse::new_unchecked([0u8; 16]);
+//! rsp.set_id(got.id());
+//! back.put_response(&rsp)?;
+//! if back.push_responses()?.needed() {
+//!     // notify the frontend's event channel
+//! }
+//! assert_eq!(front.take_response()?.map(|r| r.id()), Some(7));
+//! // Nothing more: ask for an event, check once more, then sleep.
+//! assert!(!front.final_check_for_responses()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! | file | what |
 //! |---|---|
 //! | `entry.rs` | [`RingEntry`], the fixed-size encoding of a request or response, and its implementations for the `abi` views |
