@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, Ordering};
 
-use super::shared::Shared;
+use super::shared::{publish, Shared};
 use super::{NotifyNeeded, RingEntry, RingError, RingStats};
 use crate::shm::Region;
 
@@ -163,26 +163,14 @@ impl<Req: RingEntry, Rsp: RingEntry, M: Borrow<Region>> BackRing<Req, Rsp, M> {
         self.check_open()?;
         let old = self.rsp_prod_pushed;
         let new = self.rsp_prod_pvt;
-        // Release: a frontend that loads this rsp_prod (Acquire) also sees
-        // the response slots written before it (ring.h's write barrier).
-        self.shared.rsp_prod().store(new, Ordering::Release);
-        // Full barrier between publishing rsp_prod and reading rsp_event;
-        // pairs with the frontend's fence in final_check_for_responses.
-        // Without it the frontend could set rsp_event and miss this
-        // rsp_prod while we read its old rsp_event: it sleeps on a pending
-        // response and we do not notify.
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence above orders it; the value only decides the
-        // notification.
-        let event = self.shared.rsp_event().load(Ordering::Relaxed);
+        let notify = publish(
+            self.shared.rsp_prod(),
+            self.shared.rsp_event(),
+            old,
+            new,
+            &mut self.stats,
+        );
         self.rsp_prod_pushed = new;
-        let notify = NotifyNeeded::from_indexes(old, new, event);
-        if new != old {
-            match notify {
-                NotifyNeeded::Yes => self.stats.notifications += 1,
-                NotifyNeeded::No => self.stats.suppressed += 1,
-            }
-        }
         Ok(notify)
     }
 

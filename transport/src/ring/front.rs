@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{fence, Ordering};
 
-use super::shared::Shared;
+use super::shared::{publish, Shared};
 use super::{NotifyNeeded, RingEntry, RingError, RingStats};
 use crate::shm::Region;
 
@@ -155,27 +155,14 @@ impl<Req: RingEntry, Rsp: RingEntry, M: Borrow<Region>> FrontRing<Req, Rsp, M> {
         self.check_open()?;
         let old = self.req_prod_pushed;
         let new = self.req_prod_pvt;
-        // Release: a backend that loads this req_prod (Acquire) also sees
-        // the request slots written before it (ring.h's write barrier), so
-        // it never copies a slot we have not finished writing.
-        self.shared.req_prod().store(new, Ordering::Release);
-        // Full barrier between publishing req_prod and reading req_event;
-        // pairs with the backend's fence in final_check_for_requests.
-        // Without it our store could still be in flight while we read an
-        // old req_event, as the backend sets req_event and reads an old
-        // req_prod: it sleeps, we do not notify, the ring hangs.
-        fence(Ordering::SeqCst);
-        // Relaxed: the fence above orders it; the value only decides the
-        // notification.
-        let event = self.shared.req_event().load(Ordering::Relaxed);
+        let notify = publish(
+            self.shared.req_prod(),
+            self.shared.req_event(),
+            old,
+            new,
+            &mut self.stats,
+        );
         self.req_prod_pushed = new;
-        let notify = NotifyNeeded::from_indexes(old, new, event);
-        if new != old {
-            match notify {
-                NotifyNeeded::Yes => self.stats.notifications += 1,
-                NotifyNeeded::No => self.stats.suppressed += 1,
-            }
-        }
         Ok(notify)
     }
 

@@ -141,3 +141,37 @@ impl<M: Borrow<Region>> Shared<M> {
         self.region().write(self.slot_offset(idx), buf);
     }
 }
+
+/// Publishes a producer index and decides the notification
+/// (`RING_PUSH_*_AND_CHECK_NOTIFY`): store `new` into `prod`, full barrier,
+/// read the peer's `event`, notify iff `event` lies in `(old, new]`. Counts
+/// the decision in `stats` when there was anything new.
+pub(super) fn publish(
+    prod: &AtomicU32,
+    event: &AtomicU32,
+    old: u32,
+    new: u32,
+    stats: &mut super::RingStats,
+) -> super::NotifyNeeded {
+    // Release: a peer that loads this producer index (Acquire) also sees
+    // the slots written before it (ring.h's write barrier), so it never
+    // copies a slot we have not finished writing.
+    prod.store(new, Ordering::Release);
+    // Full barrier between publishing the producer and reading the peer's
+    // event index; pairs with the peer's fence in its final check. Without
+    // it our store could still be in flight while we read an old event as
+    // the peer sets the event and reads an old producer: it sleeps, we do
+    // not notify, the ring hangs.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    // Relaxed: the fence above orders it; the value only decides the
+    // notification.
+    let event = event.load(Ordering::Relaxed);
+    let notify = super::NotifyNeeded::from_indexes(old, new, event);
+    if new != old {
+        match notify {
+            super::NotifyNeeded::Yes => stats.notifications += 1,
+            super::NotifyNeeded::No => stats.suppressed += 1,
+        }
+    }
+    notify
+}

@@ -29,7 +29,7 @@ use xenstore_rs::AsyncXs;
 
 use super::codec::{XsErrno, XsMsg, XsType};
 use super::conn::XsConn;
-use super::error::{check_path, check_payload, XsError};
+use super::error::{absent_as_none, check_path, check_payload, XsError};
 use super::perm::Perm;
 use super::watch::{spawn_watch, WatchReg, XsWatch};
 
@@ -240,11 +240,7 @@ impl XsClient {
 
     /// Reads a node's value; `None` if it does not exist.
     pub async fn read_opt(&self, path: &str) -> Result<Option<String>, XsError> {
-        match self.read(path).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_as_none(self.read(path).await)
     }
 
     /// Writes a node's value (creating it and missing parents).

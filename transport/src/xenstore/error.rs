@@ -82,6 +82,15 @@ impl XsError {
     }
 }
 
+/// Turns "no such node" into `None`.
+pub(crate) fn absent_as_none<T>(r: Result<T, XsError>) -> Result<Option<T>, XsError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Checks a path as the server would, so that a bad one is refused here with
 /// a message instead of costing a round trip (or, for an oversized payload,
 /// hanging xenstore-rs's connection).

@@ -2,7 +2,7 @@
 
 use super::client::XsClient;
 use super::codec::{XsErrno, XsType};
-use super::error::{check_path, check_payload, XsError};
+use super::error::{absent_as_none, check_path, check_payload, XsError};
 
 /// An open transaction; see [`XsClient::transaction`]. Dropping it without
 /// committing leaves the server to discard it when the connection closes;
@@ -42,11 +42,7 @@ impl XsTxn {
 
     /// Reads a node; `None` if absent.
     pub async fn read_opt(&self, path: &str) -> Result<Option<String>, XsError> {
-        match self.read(path).await {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        absent_as_none(self.read(path).await)
     }
 
     /// Writes a node in this transaction.
