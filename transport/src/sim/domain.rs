@@ -7,52 +7,49 @@
 //! copying, transferring and port management are host calls over the control
 //! socket. Notifications go straight to the peer's eventfd.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{ready, Context, Poll};
 
 use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
+use super::handles::{ShareState, SimChannel, SimMapping, SimPages, SimShare, SimSlot};
 use super::host::{ENV_DOMID, ENV_SOCKET};
 use super::report::HostReport;
-use super::wire::{recv_packet, send_packet, NotifySpec, Reply, Request, WireCopy, WirePtr};
+use super::wire::{recv_packet, send_packet, Reply, Request, WireCopy, WirePtr};
 use crate::abi::grant::GnttabStatus;
-use crate::grant::{GrantTable, Reclaim};
+use crate::grant::GrantTable;
 use crate::platform::{
     Access, CopyPtr, DomId, EventChannel, ForeignMapping, GrantCopy, GrantRef, LocalPages,
-    Platform, PlatformError, Port, Result, SharedPages, TransferSlot, UnmapNotify,
+    Platform, PlatformError, Port, Result, SharedPages, TransferSlot,
 };
 use crate::shm::{Protection, Region, PAGE_SIZE};
 
 #[derive(Debug)]
-struct Inner {
-    domid: DomId,
+pub(super) struct Inner {
+    pub(super) domid: DomId,
     conn: Mutex<OwnedFd>,
-    mem_fd: OwnedFd,
-    table: GrantTable,
+    pub(super) mem_fd: OwnedFd,
+    pub(super) table: GrantTable,
     /// Shares whose end was refused while the peer mapped them; retried.
-    deferred: Mutex<Vec<ShareState>>,
+    pub(super) deferred: Mutex<Vec<ShareState>>,
     /// Open ports and where their notifications go.
-    ports: Mutex<HashMap<Port, Arc<OwnedFd>>>,
+    pub(super) ports: Mutex<HashMap<Port, Arc<OwnedFd>>>,
 }
 
 /// A domain of the simulated host, as seen from inside it.
 #[derive(Debug, Clone)]
 pub struct SimDomain {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlatformError {
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlatformError {
     let what = what.into();
     move |source| PlatformError::Io { what, source }
 }
 
-fn reply_error(r: Reply) -> PlatformError {
+pub(super) fn reply_error(r: Reply) -> PlatformError {
     match r {
         Reply::Status { status, message } => match GnttabStatus::from_raw(status) {
             Some(status) => PlatformError::Gnttab {
@@ -76,7 +73,7 @@ fn host_gone() -> std::io::Error {
     )
 }
 
-fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+pub(super) fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
     let what = || format!("simulated host request {req:?}");
     let gone = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => host_gone(),
@@ -90,7 +87,7 @@ fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
     Ok((reply, fds))
 }
 
-fn connect_to(socket: &Path) -> Result<OwnedFd> {
+pub(super) fn connect_to(socket: &Path) -> Result<OwnedFd> {
     let what = || format!("connect to the simulated host at {}", socket.display());
     let fd = socket_with(
         AddressFamily::UNIX,
@@ -157,7 +154,7 @@ impl SimDomain {
         SimDomain::connect(socket, domid)
     }
 
-    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    pub(super) fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         self.inner.call(req)
     }
 
@@ -249,7 +246,7 @@ impl SimDomain {
         Ok(m)
     }
 
-    fn map_frames(&self, frames: &[u64], prot: Protection) -> Result<Region> {
+    pub(super) fn map_frames(&self, frames: &[u64], prot: Protection) -> Result<Region> {
         Ok(Region::map_pages_of(
             self.inner.mem_fd.as_fd(),
             frames,
@@ -257,7 +254,7 @@ impl SimDomain {
         )?)
     }
 
-    fn alloc_frames(&self, count: usize) -> Result<Vec<u64>> {
+    pub(super) fn alloc_frames(&self, count: usize) -> Result<Vec<u64>> {
         if count == 0 || count > u32::MAX as usize {
             return Err(PlatformError::InvalidArgument(format!(
                 "{count} pages asked for: at least 1 and at most {} per call",
@@ -275,7 +272,7 @@ impl SimDomain {
         }
     }
 
-    fn local_pages(&self, frames: Vec<u64>) -> Result<SimPages> {
+    pub(super) fn local_pages(&self, frames: Vec<u64>) -> Result<SimPages> {
         match self.map_frames(&frames, Protection::ReadWrite) {
             Ok(region) => Ok(SimPages {
                 dom: self.inner.clone(),
@@ -291,394 +288,24 @@ impl SimDomain {
 }
 
 impl Inner {
-    fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
+    pub(super) fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let conn = self.conn.lock().expect("conn lock");
         call_on(&conn, req)
     }
 
-    fn expect_ok(&self, req: &Request) -> Result<()> {
+    pub(super) fn expect_ok(&self, req: &Request) -> Result<()> {
         match self.call(req)?.0 {
             Reply::Ok => Ok(()),
             other => Err(reply_error(other)),
         }
     }
 
-    fn retry_deferred(&self) -> usize {
+    pub(super) fn retry_deferred(&self) -> usize {
         let mut list = std::mem::take(&mut *self.deferred.lock().expect("deferred lock"));
         list.retain_mut(|s| s.try_end(self).is_err());
         let n = list.len();
         self.deferred.lock().expect("deferred lock").extend(list);
         n
-    }
-}
-
-// ------------------------------------------------------------------ pages
-
-/// Own pages of a simulated domain.
-#[derive(Debug)]
-pub struct SimPages {
-    dom: Arc<Inner>,
-    frames: Vec<u64>,
-    region: Option<Region>,
-}
-
-impl SimPages {
-    /// The machine frames (for tests and reports).
-    pub fn frames(&self) -> &[u64] {
-        &self.frames
-    }
-}
-
-impl LocalPages for SimPages {
-    fn memory(&self) -> &Region {
-        self.region.as_ref().expect("mapped until dropped")
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-        self
-    }
-}
-
-impl Drop for SimPages {
-    fn drop(&mut self) {
-        self.region.take();
-        if !self.frames.is_empty() {
-            let frames = std::mem::take(&mut self.frames);
-            if let Err(e) = self.dom.expect_ok(&Request::FreePages { frames }) {
-                tracing::warn!(error = %e, "freeing pages failed");
-            }
-        }
-    }
-}
-
-// ----------------------------------------------------------------- shares
-
-/// What a share holds, without a handle on the domain (so the deferred list
-/// does not keep the domain alive).
-#[derive(Debug, Default)]
-struct ShareState {
-    refs: Vec<GrantRef>,
-    ended: Vec<bool>,
-    frames: Vec<u64>,
-    notifies: Vec<u64>,
-    region: Option<Region>,
-}
-
-impl ShareState {
-    /// Ends what is not ended yet; when all is, fires the notifications and
-    /// frees the pages.
-    fn try_end(&mut self, dom: &Inner) -> Result<()> {
-        let mut first_err = None;
-        for (r, ended) in self.refs.iter().zip(self.ended.iter_mut()) {
-            if *ended {
-                continue;
-            }
-            match dom.table.end_access(*r) {
-                Ok(()) => {
-                    *ended = true;
-                    dom.table.release(*r)?;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e.into());
-        }
-        for id in std::mem::take(&mut self.notifies) {
-            dom.expect_ok(&Request::FireNotify { id })?;
-        }
-        self.region.take();
-        if !self.frames.is_empty() {
-            dom.expect_ok(&Request::FreePages {
-                frames: std::mem::take(&mut self.frames),
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// Pages of a simulated domain granted to a peer.
-#[derive(Debug)]
-pub struct SimShare {
-    dom: Arc<Inner>,
-    peer: DomId,
-    state: ShareState,
-}
-
-impl SharedPages for SimShare {
-    fn peer(&self) -> DomId {
-        self.peer
-    }
-    fn refs(&self) -> &[GrantRef] {
-        &self.state.refs
-    }
-    fn memory(&self) -> &Region {
-        self.state.region.as_ref().expect("mapped until ended")
-    }
-    fn set_unmap_notify(&mut self, n: UnmapNotify) -> Result<()> {
-        let id = add_notify(&self.dom, 0, &self.state.frames, n)?;
-        self.state.notifies.push(id);
-        Ok(())
-    }
-    fn end(mut self: Box<Self>) -> Result<(), (Box<dyn SharedPages>, PlatformError)> {
-        match self.state.try_end(&self.dom) {
-            Ok(()) => Ok(()),
-            Err(e) => Err((self, e)),
-        }
-    }
-}
-
-impl Drop for SimShare {
-    fn drop(&mut self) {
-        if self.state.refs.is_empty() && self.state.frames.is_empty() {
-            return;
-        }
-        if let Err(e) = self.state.try_end(&self.dom) {
-            tracing::debug!(error = %e, "share still mapped at drop; ending it later");
-            let state = std::mem::take(&mut self.state);
-            self.dom.deferred.lock().expect("deferred lock").push(state);
-        }
-    }
-}
-
-fn add_notify(dom: &Inner, mapping: u64, frames: &[u64], n: UnmapNotify) -> Result<u64> {
-    let (frame, offset) = match n.clear_byte {
-        Some(off) => {
-            let page = off / PAGE_SIZE;
-            let frame = *frames.get(page).ok_or_else(|| {
-                PlatformError::Protocol(format!(
-                    "unmap notification byte {off} is outside the {} pages",
-                    frames.len()
-                ))
-            })?;
-            (frame, (off % PAGE_SIZE) as u16)
-        }
-        None => (frames[0], 0),
-    };
-    let req = Request::AddNotify(NotifySpec {
-        mapping,
-        frame,
-        offset,
-        clear: n.clear_byte.is_some(),
-        port: n.event.unwrap_or(0),
-        event: n.event.is_some(),
-    });
-    match dom.call(&req)?.0 {
-        Reply::NotifyId { id } => Ok(id),
-        other => Err(reply_error(other)),
-    }
-}
-
-// --------------------------------------------------------------- mappings
-
-/// A peer's grants mapped into a simulated domain.
-#[derive(Debug)]
-pub struct SimMapping {
-    dom: Arc<Inner>,
-    peer: DomId,
-    refs: Vec<GrantRef>,
-    handle: u64,
-    frames: Vec<u64>,
-    region: Option<Region>,
-}
-
-impl SimMapping {
-    /// The host's handle for this mapping.
-    pub fn handle(&self) -> u64 {
-        self.handle
-    }
-
-    fn do_unmap(&mut self) -> Result<()> {
-        if self.region.take().is_none() {
-            return Ok(());
-        }
-        self.dom.expect_ok(&Request::Unmap {
-            handle: self.handle,
-        })
-    }
-}
-
-impl ForeignMapping for SimMapping {
-    fn peer(&self) -> DomId {
-        self.peer
-    }
-    fn refs(&self) -> &[GrantRef] {
-        &self.refs
-    }
-    fn memory(&self) -> &Region {
-        self.region.as_ref().expect("mapped until unmapped")
-    }
-    fn set_unmap_notify(&mut self, n: UnmapNotify) -> Result<()> {
-        add_notify(&self.dom, self.handle, &self.frames, n).map(|_| ())
-    }
-    fn unmap(mut self: Box<Self>) -> Result<()> {
-        self.do_unmap()
-    }
-}
-
-impl Drop for SimMapping {
-    fn drop(&mut self) {
-        if let Err(e) = self.do_unmap() {
-            tracing::warn!(error = %e, "unmap at drop failed");
-        }
-    }
-}
-
-// ------------------------------------------------------------ transfers
-
-/// An accept_transfer slot of a simulated domain.
-#[derive(Debug)]
-pub struct SimSlot {
-    dom: SimDomain,
-    peer: DomId,
-    gref: Option<GrantRef>,
-}
-
-impl SimSlot {
-    fn page(&self, frame: u32) -> Result<Box<dyn LocalPages>> {
-        Ok(Box::new(self.dom.local_pages(vec![u64::from(frame)])?))
-    }
-
-    fn do_reclaim(&mut self) -> Result<Option<Box<dyn LocalPages>>> {
-        let Some(gref) = self.gref.take() else {
-            return Ok(None);
-        };
-        let table = &self.dom.inner.table;
-        let got = table.reclaim_transfer(gref)?;
-        table.release(gref)?;
-        match got {
-            Reclaim::NotFilled => Ok(None),
-            Reclaim::Filled(frame) => self.page(frame).map(Some),
-        }
-    }
-}
-
-impl TransferSlot for SimSlot {
-    fn peer(&self) -> DomId {
-        self.peer
-    }
-    fn gref(&self) -> GrantRef {
-        self.gref.expect("slot is armed until reclaimed")
-    }
-    fn take(&mut self) -> Result<Option<Box<dyn LocalPages>>> {
-        let gref = self.gref();
-        let table = &self.dom.inner.table;
-        let Some(frame) = table.take_completed(gref)? else {
-            return Ok(None);
-        };
-        table.offer_transfer(gref, self.peer)?;
-        self.page(frame).map(Some)
-    }
-    fn reclaim(mut self: Box<Self>) -> Result<Option<Box<dyn LocalPages>>> {
-        self.do_reclaim()
-    }
-}
-
-impl Drop for SimSlot {
-    fn drop(&mut self) {
-        if let Err(e) = self.do_reclaim() {
-            tracing::warn!(error = %e, "reclaiming a transfer slot at drop failed");
-        }
-    }
-}
-
-// --------------------------------------------------------- event channels
-
-/// An event-channel port of a simulated domain: an eventfd we read and the
-/// peer's eventfd we write.
-#[derive(Debug)]
-pub struct SimChannel {
-    dom: Arc<Inner>,
-    port: Port,
-    remote: DomId,
-    recv: OwnedFd,
-    send: Arc<OwnedFd>,
-    afd: OnceLock<AsyncFd<OwnedFd>>,
-    closed: bool,
-}
-
-impl SimChannel {
-    fn afd(&self) -> std::io::Result<&AsyncFd<OwnedFd>> {
-        if let Some(a) = self.afd.get() {
-            return Ok(a);
-        }
-        let a = crate::shm::register_async_fd(self.recv.try_clone()?, Interest::READABLE)?;
-        let _ = self.afd.set(a);
-        Ok(self.afd.get().expect("just set"))
-    }
-
-    fn do_close(&mut self) -> Result<()> {
-        if std::mem::replace(&mut self.closed, true) {
-            return Ok(());
-        }
-        self.dom
-            .ports
-            .lock()
-            .expect("ports lock")
-            .remove(&self.port);
-        self.dom.expect_ok(&Request::ClosePort { port: self.port })
-    }
-}
-
-impl EventChannel for SimChannel {
-    fn local_port(&self) -> Port {
-        self.port
-    }
-    fn remote_domid(&self) -> DomId {
-        self.remote
-    }
-    fn notify(&self) -> Result<()> {
-        super::hv::signal(&self.send);
-        Ok(())
-    }
-    fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        let afd = match self.afd() {
-            Ok(a) => a,
-            Err(e) => {
-                return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(e)))
-            }
-        };
-        loop {
-            let mut guard = match ready!(afd.poll_read_ready(cx)) {
-                Ok(g) => g,
-                Err(e) => {
-                    return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(e)))
-                }
-            };
-            let mut buf = [0u8; 8];
-            match rustix::io::read(afd.get_ref(), &mut buf) {
-                Ok(_) => {
-                    // The read reset the counter to 0: the fd is not readable
-                    // now, so forget the readiness instead of finding that
-                    // out with one more read next time. (A notification that
-                    // arrived after this guard was taken is not lost: tokio
-                    // only clears the readiness this guard observed.)
-                    guard.clear_ready();
-                    return Poll::Ready(Ok(()));
-                }
-                Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
-                Err(e) => {
-                    return Poll::Ready(Err(io_err(format!("event channel port {}", self.port))(
-                        e.into(),
-                    )))
-                }
-            }
-        }
-    }
-    fn close(mut self: Box<Self>) -> Result<()> {
-        self.do_close()
-    }
-}
-
-impl Drop for SimChannel {
-    fn drop(&mut self) {
-        if let Err(e) = self.do_close() {
-            tracing::debug!(error = %e, port = self.port, "closing a port at drop failed");
-        }
     }
 }
 
@@ -898,48 +525,5 @@ impl Platform for SimDomain {
                 port: remote_port,
             },
         )
-    }
-}
-
-/// An administrator's connection to the host: reports and domain
-/// destruction, for tools and tests in other processes.
-#[derive(Debug)]
-pub struct SimAdmin {
-    conn: OwnedFd,
-}
-
-impl SimAdmin {
-    /// Connects to the host at `socket` as an administrator.
-    pub fn connect(socket: impl AsRef<Path>) -> Result<SimAdmin> {
-        let conn = connect_to(socket.as_ref())?;
-        match call_on(&conn, &Request::Admin)?.0 {
-            Reply::Ok => Ok(SimAdmin { conn }),
-            other => Err(reply_error(other)),
-        }
-    }
-
-    /// What every domain holds.
-    pub fn report(&self) -> Result<HostReport> {
-        match call_on(&self.conn, &Request::Report)?.0 {
-            Reply::Report(r) => Ok(r),
-            other => Err(reply_error(other)),
-        }
-    }
-
-    /// Destroys a domain.
-    pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
-        match call_on(&self.conn, &Request::Destroy { domid })?.0 {
-            Reply::Ok => Ok(()),
-            other => Err(reply_error(other)),
-        }
-    }
-
-    /// The host's xenstored socket for domain `domid` (what
-    /// `XENSTORED_PATH` should name for a client speaking as that domain).
-    pub fn xenstore_path(&self, domid: DomId) -> Result<std::path::PathBuf> {
-        match call_on(&self.conn, &Request::XenstorePath { domid })?.0 {
-            Reply::Path { path } => Ok(path.into()),
-            other => Err(reply_error(other)),
-        }
     }
 }

@@ -22,14 +22,18 @@
 //! Xen's status codes, and reports per domain what is still granted, mapped
 //! or bound ([`HostReport`]) so that tests can assert nothing leaked.
 
+mod admin;
 mod domain;
+mod handles;
 mod host;
 mod hv;
 pub mod report;
 pub mod selftest;
 mod wire;
 
-pub use domain::{SimAdmin, SimChannel, SimDomain, SimMapping, SimPages, SimShare, SimSlot};
+pub use admin::SimAdmin;
+pub use domain::SimDomain;
+pub use handles::{SimChannel, SimMapping, SimPages, SimShare, SimSlot};
 pub use host::{default_socket_path, SimHost, ENV_DOMID, ENV_SOCKET};
 pub use hv::HostConfig;
 pub use report::{DomainReport, DomainState, HostReport};
