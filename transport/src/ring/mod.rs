@@ -49,6 +49,10 @@
 //! | `shared.rs` | the shared header and slots: geometry, atomic index fields, one-copy slot access |
 //! | `front.rs` | [`FrontRing`] |
 //! | `back.rs` | [`BackRing`] |
+//! | `driver.rs` | what the async ends share: [`AsyncRingError`], [`Tagged`], [`RingMemory`], liveness bytes, set-up helpers ([`share_ring`], [`map_ring`]) |
+//! | `async_front.rs` | [`RingClient`] (calls matched by id; [`RequestSink`] + [`ResponseStream`]) on tokio |
+//! | `async_back.rs` | [`RingServer`] (a `Stream` of requests) and [`Responder`] on tokio |
+//! | `echo.rs` | [`echo::Msg64`] and an echo backend, for tests and benchmarks |
 //! | `keys.rs` | XenStore keys of (multi-page) rings: `ring-ref`, `ring-ref%u`, `ring-page-order`, `max-ring-page-order` |
 //!
 //! # Invariants
@@ -133,13 +137,23 @@
 //! * ring.h lets a careless caller overwrite an unanswered slot; here the
 //!   put is refused.
 
+mod async_back;
+mod async_front;
 mod back;
+mod driver;
+pub mod echo;
 mod entry;
 mod front;
 pub mod keys;
 mod shared;
 
+pub use async_back::{Responder, RingServer};
+pub use async_front::{RequestSink, ResponseStream, RingClient};
 pub use back::BackRing;
+pub use driver::{
+    map_ring, share_ring, AsyncRingError, RingEndpoint, RingMemory, Tagged, BACK_CLOSED_BYTE,
+    BACK_LIVE_BYTE, FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
+};
 pub use entry::RingEntry;
 pub use front::FrontRing;
 pub use shared::MAX_RING_PAGES;
@@ -284,3 +298,5 @@ impl RingError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_async;
