@@ -18,6 +18,8 @@
 //! | `end.rs` | [`Vchan`]: server and client ends, [`RingSetup`] |
 //! | `xs.rs` | the XenStore paths and values of libxenvchan |
 //! | `error.rs` | [`StreamError`] |
+//! | `async_stream.rs` | [`VchanStream`]: `AsyncRead + AsyncWrite` on tokio, its halves, the per-connection driver |
+//! | `setup.rs` | [`VchanServer`] and [`connect`]: setup through the platform traits and the XenStore handshake; [`SetupError`] |
 //!
 //! # Invariants
 //!
@@ -88,19 +90,25 @@
 //! and a reader loads the peer's byte with Acquire before the index, so
 //! [`Consumer::at_eof`] never drops bytes written just before a close.
 
+mod async_stream;
 mod byte_ring;
 mod control;
 mod end;
 mod error;
+mod setup;
 mod xs;
 
 #[cfg(test)]
+mod async_tests;
+#[cfg(test)]
 mod tests;
 
+pub use async_stream::{StreamStats, VchanReader, VchanStream, VchanWriter};
 pub use byte_ring::{Consumer, MappedMemory, Producer, RingStats};
 pub use control::{ControlPage, Layout, PeerState, RingId, RingLayout, Side};
 pub use end::{RingSetup, Vchan};
 pub use error::StreamError;
+pub use setup::{connect, connect_direct, SetupError, VchanServer};
 pub use xs::{
     format_value, parse_event_channel, parse_ring_ref, VchanAddress, EVENT_CHANNEL_KEY,
     RING_REF_KEY,
