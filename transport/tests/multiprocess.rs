@@ -223,3 +223,38 @@ fn exec_without_a_host_says_what_is_wrong() {
         "{err}"
     );
 }
+
+/// The async ring across two domain processes: the frontend pipelines
+/// 1,000,000 echo requests and checks every answer's content; the host is
+/// clean afterwards.
+#[test]
+fn a_million_requests_through_an_async_ring_between_two_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default()).unwrap();
+    let socket = host.control_path().to_path_buf();
+    let start = Instant::now();
+    let mut front = domain(
+        &socket,
+        1,
+        &["ring-front", "--peer=0", "--pages=4", "--requests=1000000"],
+    );
+    let (_, line, out) = read_offer(&mut front);
+    let back = domain(&socket, 0, &["ring-back", &format!("--offer={line}")]);
+    let rest: Vec<String> = out.lines().map_while(|l| l.ok()).collect();
+    let front_status = front.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(front.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(front_status.success(), "ring front failed: {err}");
+    let out_back = finish(back, "domain 0 (ring back)");
+    let text = rest.join("\n");
+    assert!(text.contains("ring front requests=1000000"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out_back.stdout).contains("ring back answered=1000000"),
+        "{}",
+        String::from_utf8_lossy(&out_back.stdout)
+    );
+    eprintln!("1,000,000 requests in {:?}: {text}", start.elapsed());
+    let report = settled(|| host.report());
+    assert!(report.domains.is_empty(), "domains left: {report}");
+    report.assert_clean();
+}

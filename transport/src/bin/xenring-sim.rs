@@ -118,6 +118,23 @@ enum Role {
         #[arg(long, default_value_t = 30)]
         patience_secs: u64,
     },
+    // ---- async ring roles (issue 4, ring tests; see ring_roles below) ----
+    /// Ring frontend: share a ring with `peer`, print the offer, pipeline
+    /// `requests` echo requests and check every answer.
+    RingFront {
+        #[arg(long)]
+        peer: u16,
+        #[arg(long, default_value_t = 1)]
+        pages: usize,
+        #[arg(long)]
+        requests: u64,
+    },
+    /// Ring backend: map the offered ring and answer with the echo backend
+    /// until the frontend closes.
+    RingBack {
+        #[arg(long)]
+        offer: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -209,6 +226,10 @@ fn domain(role: Role) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let role = match ring_roles::run(role, &dom, &rt)? {
+        Some(role) => role,
+        None => return Ok(ExitCode::SUCCESS),
+    };
     let summary = match role {
         Role::Sharer {
             peer,
@@ -247,6 +268,7 @@ fn domain(role: Role) -> Result<ExitCode> {
             let offer: Offer = offer.parse()?;
             rt.block_on(selftest::mapper(&dom, &offer, rounds))?
         }
+        Role::RingFront { .. } | Role::RingBack { .. } => unreachable!("handled by ring_roles"),
     };
     // The reader of our stdout may be gone; the exit status tells the rest.
     let _ = writeln!(
@@ -368,4 +390,95 @@ fn tempdir() -> Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("xenring-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// The async ring roles: a pipelining frontend that checks every answer,
+/// and an echo backend.
+mod ring_roles {
+    use std::io::Write;
+    use std::time::Instant;
+
+    use anyhow::{bail, Result};
+    use futures::{SinkExt, StreamExt};
+    use xenring::platform::Platform;
+    use xenring::ring::echo::{serve_echo, Msg64};
+    use xenring::ring::{RingClient, RingEndpoint, RingServer};
+    use xenring::sim::selftest::Offer;
+    use xenring::sim::SimDomain;
+
+    use super::Role;
+
+    /// Runs a ring role; gives any other role back.
+    pub fn run(role: Role, dom: &SimDomain, rt: &tokio::runtime::Runtime) -> Result<Option<Role>> {
+        match role {
+            Role::RingFront {
+                peer,
+                pages,
+                requests,
+            } => {
+                rt.block_on(front(dom, peer, pages, requests))?;
+                Ok(None)
+            }
+            Role::RingBack { offer } => {
+                let offer: Offer = offer.parse()?;
+                let ep = RingEndpoint {
+                    domid: offer.domid,
+                    port: offer.port,
+                    refs: offer.refs,
+                };
+                let n = rt.block_on(async {
+                    let server = RingServer::<Msg64, Msg64>::connect(dom, &ep)?;
+                    serve_echo(server).await
+                })?;
+                let _ = writeln!(std::io::stdout(), "ring back answered={n}");
+                Ok(None)
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    async fn front(dom: &SimDomain, peer: u16, pages: usize, requests: u64) -> Result<()> {
+        let (client, ep) = RingClient::<Msg64, Msg64>::share(dom, peer, pages)?;
+        let offer = Offer {
+            domid: dom.domid(),
+            port: ep.port,
+            refs: ep.refs,
+        };
+        println!("{offer}");
+        std::io::stdout().flush()?;
+        let (mut sink, mut stream) = client.split();
+        let start = Instant::now();
+        let writer = tokio::spawn(async move {
+            for seq in 0..requests {
+                sink.feed(Msg64::request(seq)).await?;
+                if seq % 32 == 31 {
+                    sink.flush().await?;
+                }
+            }
+            sink.flush().await?;
+            Ok::<_, xenring::ring::AsyncRingError>(sink)
+        });
+        for seq in 0..requests {
+            let rsp = match stream.next().await {
+                Some(r) => r?,
+                None => bail!("ring closed after {seq} responses"),
+            };
+            if rsp.data != Msg64::answer(&Msg64::request(seq)).data {
+                bail!("response {seq} does not carry its request's data: {rsp:?}");
+            }
+        }
+        let elapsed = start.elapsed();
+        drop(writer.await??);
+        drop(stream);
+        let stats = client.stats();
+        client.close().await;
+        let _ = writeln!(
+            std::io::stdout(),
+            "ring front requests={requests} elapsed_ns={} notifications={} suppressed={}",
+            elapsed.as_nanos(),
+            stats.notifications,
+            stats.suppressed
+        );
+        Ok(())
+    }
 }
