@@ -36,6 +36,7 @@ use super::{
 };
 use crate::platform::{Access, EventChannel, GrantRef, Platform, PlatformError, Port, UnmapNotify};
 use crate::shm::PAGE_SIZE;
+use crate::xenstore::codec::XsErrno;
 use crate::xenstore::{Perm, PermAccess, XsClient, XsError};
 
 /// Why setting up a vchan failed. Set-up errors leave nothing behind except
@@ -287,11 +288,9 @@ pub async fn connect(
     }
     let xe = |what| move |source| SetupError::Xenstore { addr, what, source };
     let st = |source| SetupError::Stream { addr, source };
-    let rr = xs
-        .wait_for(&addr.ring_ref_path(), |v| v.is_some())
+    let rr = wait_readable(xs, &addr.ring_ref_path())
         .await
-        .map_err(xe("waiting for ring-ref"))?
-        .unwrap_or_default();
+        .map_err(xe("waiting for ring-ref"))?;
     let ring_ref = parse_ring_ref(&rr).map_err(st)?;
     let ev = xs
         .read(&addr.event_channel_path())
@@ -299,6 +298,30 @@ pub async fn connect(
         .map_err(xe("reading event-channel"))?;
     let port = parse_event_channel(&ev).map_err(st)?;
     connect_direct(platform, addr, ring_ref, port)
+}
+
+/// Waits until `path` exists and we may read it, and returns its value.
+/// Until the server has created its directory and set its permissions, a
+/// read answers EACCES (its parent is not ours to read) rather than ENOENT:
+/// both mean "not yet". Set up with a watch, so nothing is polled.
+async fn wait_readable(xs: &XsClient, path: &str) -> Result<String, XsError> {
+    use futures::StreamExt;
+    let mut w = xs.watch(path).await?;
+    loop {
+        match xs.read_opt(path).await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) if e.errno() == Some(XsErrno::Eacces) => {}
+            Err(e) => return Err(e),
+        }
+        if w.next().await.is_none() {
+            return Err(XsError::Io {
+                op: "wait-for",
+                path: path.to_string(),
+                source: std::io::ErrorKind::ConnectionAborted.into(),
+            });
+        }
+    }
 }
 
 /// [`connect`] without XenStore: connects to the server's control page
