@@ -26,7 +26,8 @@ use tokio::sync::Notify;
 
 use super::driver::{
     arm_own, close_own, map_ring, AsyncRingError, PeerState, PeerWatch, RingEndpoint, RingMemory,
-    BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
+    BACK_ATTACHED_BYTE, BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_ATTACHED_BYTE, FRONT_CLOSED_BYTE,
+    FRONT_LIVE_BYTE,
 };
 use super::{BackRing, RingEntry, RingStats};
 use crate::platform::{DomId, EventChannel, Platform};
@@ -119,7 +120,13 @@ where
     /// end live, and starts the driver on `channel`. Must be called inside
     /// a tokio runtime.
     pub fn new(mut mem: RingMemory, channel: Box<dyn EventChannel>, peer: DomId) -> Res<Self> {
-        arm_own(&mut mem, BACK_LIVE_BYTE, channel.local_port(), peer)?;
+        arm_own(
+            &mut mem,
+            BACK_LIVE_BYTE,
+            BACK_ATTACHED_BYTE,
+            channel.local_port(),
+            peer,
+        )?;
         let ring = BackRing::<Req, Rsp, RingMemory>::new(mem)?;
         let port = channel.local_port();
         let channel: Arc<dyn EventChannel> = Arc::from(channel);
@@ -311,7 +318,7 @@ where
     Req: RingEntry,
     Rsp: RingEntry,
 {
-    let mut watch = PeerWatch::new(FRONT_LIVE_BYTE, FRONT_CLOSED_BYTE);
+    let mut watch = PeerWatch::new(FRONT_LIVE_BYTE, FRONT_CLOSED_BYTE, FRONT_ATTACHED_BYTE);
     let peer = inner.peer;
     loop {
         let waker = {

@@ -29,7 +29,8 @@ use tokio::sync::{oneshot, AcquireError, Notify, OwnedSemaphorePermit, Semaphore
 
 use super::driver::{
     arm_own, close_own, share_ring, AsyncRingError, PeerState, PeerWatch, RingEndpoint, RingMemory,
-    Tagged, BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
+    Tagged, BACK_ATTACHED_BYTE, BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_ATTACHED_BYTE,
+    FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
 };
 use super::{FrontRing, RingEntry, RingStats};
 use crate::platform::{DomId, EventChannel, Platform};
@@ -127,7 +128,7 @@ where
         // written before would be lost.
         let ring = FrontRing::<Req, Rsp, RingMemory>::init(mem)?;
         mem = ring.into_inner();
-        arm_own(&mut mem, FRONT_LIVE_BYTE, port, peer)?;
+        arm_own(&mut mem, FRONT_LIVE_BYTE, FRONT_ATTACHED_BYTE, port, peer)?;
         let ring = FrontRing::attach(mem, 0)?;
         let size = ring.size() as usize;
         let channel: Arc<dyn EventChannel> = Arc::from(channel);
@@ -336,7 +337,7 @@ where
     Req: RingEntry + Tagged,
     Rsp: RingEntry + Tagged,
 {
-    let mut watch = PeerWatch::new(BACK_LIVE_BYTE, BACK_CLOSED_BYTE);
+    let mut watch = PeerWatch::new(BACK_LIVE_BYTE, BACK_CLOSED_BYTE, BACK_ATTACHED_BYTE);
     let mut done: Vec<(oneshot::Sender<Res<Rsp>>, Rsp)> = Vec::new();
     let peer = inner.peer;
     loop {

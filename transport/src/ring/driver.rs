@@ -6,21 +6,41 @@
 //! # Liveness bytes
 //!
 //! ring.h leaves bytes 20 to 63 of the shared header as padding. The async
-//! ends use four of them: each end writes 1 into its live byte
-//! ([`FRONT_LIVE_BYTE`], [`BACK_LIVE_BYTE`]) when it attaches and arranges
-//! an unmap notification that clears it (0) and sends an event when its
-//! share or mapping goes away or its domain dies; an end closing in order
-//! writes 1 into its closed byte ([`FRONT_CLOSED_BYTE`],
-//! [`BACK_CLOSED_BYTE`]) and notifies before letting go of the pages. The
-//! closed byte is separate because the unmap notification clears the live
-//! byte on an orderly release too (and the simulated host, unlike Linux,
-//! adds notifications rather than replacing them, so one cannot be
-//! cancelled). An end watches the peer's live byte only once it has seen
-//! it at 1 ("armed"), so a peer written in C, which leaves the padding
-//! zero, is never taken for dead. A hostile peer writing these bytes can
-//! only make us close the ring.
+//! ends use six of them, three per end:
+//!
+//! ```text
+//!  offset  58        59        60        61        62        63
+//!          front     back      front     back      front     back
+//!          attached  attached  closed    closed    live      live
+//! ```
+//!
+//! Each end, when it attaches, writes 1 into its live byte
+//! ([`FRONT_LIVE_BYTE`], [`BACK_LIVE_BYTE`]), arranges an unmap
+//! notification that clears it (0) and sends an event when its share or
+//! mapping goes away or its domain dies, and then writes 1 into its
+//! attached byte ([`FRONT_ATTACHED_BYTE`], [`BACK_ATTACHED_BYTE`]), which
+//! nothing ever clears. An end closing in order writes 1 into its closed
+//! byte ([`FRONT_CLOSED_BYTE`], [`BACK_CLOSED_BYTE`]) and notifies before
+//! letting go of the pages. The closed byte is separate because the unmap
+//! notification clears the live byte on an orderly release too (and the
+//! simulated host, unlike Linux, adds notifications rather than replacing
+//! them, so one cannot be cancelled).
+//!
+//! An end watches the peer's live byte only once the peer is known to take
+//! part ("armed"): it has seen the peer's attached byte, or its live byte,
+//! at 1. A peer written in C, which leaves the padding zero, is never taken
+//! for dead. The attached byte is what makes a death seen late still count:
+//! a peer that attached and died before this end first looked (a frontend
+//! idle since before its backend connected, a backend that maps a ring
+//! whose frontend is already gone) shows attached 1 and live 0, which is
+//! "gone", where the live byte alone would look like a peer that never
+//! joined. The attached byte is stored (Release) after the live byte and
+//! loaded (Acquire) before it, so an end that sees "attached" also sees the
+//! live byte's 1 or what replaced it. A hostile peer writing these bytes
+//! can only make us close the ring.
 
 use std::borrow::Borrow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::RingError;
@@ -41,6 +61,11 @@ pub const BACK_LIVE_BYTE: usize = 63;
 pub const FRONT_CLOSED_BYTE: usize = 60;
 /// Offset in the shared header of the backend's closed byte.
 pub const BACK_CLOSED_BYTE: usize = 61;
+/// Offset in the shared header of the frontend's attached byte (set once
+/// its live byte and unmap notification are in place; never cleared).
+pub const FRONT_ATTACHED_BYTE: usize = 58;
+/// Offset in the shared header of the backend's attached byte.
+pub const BACK_ATTACHED_BYTE: usize = 59;
 
 /// Liveness byte value: attached and running.
 pub(super) const LIVE: u8 = 1;
@@ -231,33 +256,46 @@ pub fn map_ring(
     Ok((RingMemory::Mapped(map), port))
 }
 
-/// Reads one liveness byte.
+/// Reads one liveness byte (Acquire: pairs with the Release stores of
+/// [`arm_own`]).
 pub(super) fn live_byte(mem: &Region, offset: usize) -> u8 {
-    let mut b = [0u8];
-    mem.read(offset, &mut b);
-    b[0]
+    mem.atomic_u8(offset).load(Ordering::Acquire)
 }
 
-/// Writes our liveness byte and arranges for it to be cleared (and the peer
-/// notified) when our memory handle goes away.
+/// Writes our live byte, arranges for it to be cleared (and the peer
+/// notified) when our memory handle goes away, then sets our attached byte.
+/// Attached is written last: a peer that sees it also sees the live byte's
+/// 1 (or the 0 of our death), never the 0 from before we attached.
 pub(super) fn arm_own(
     mem: &mut RingMemory,
-    offset: usize,
+    live: usize,
+    attached: usize,
     port: Port,
     peer: DomId,
 ) -> Result<(), AsyncRingError> {
-    Borrow::<Region>::borrow(mem).write(offset, &[LIVE]);
+    Borrow::<Region>::borrow(mem)
+        .atomic_u8(live)
+        .store(LIVE, Ordering::Release);
     mem.set_unmap_notify(UnmapNotify {
-        clear_byte: Some(offset),
+        clear_byte: Some(live),
         event: Some(port),
     })
-    .map_err(|e| AsyncRingError::platform(peer, "arm the unmap notification", e))
+    .map_err(|e| AsyncRingError::platform(peer, "arm the unmap notification", e))?;
+    // Release: the live byte's store is visible before this one.
+    Borrow::<Region>::borrow(mem)
+        .atomic_u8(attached)
+        .store(LIVE, Ordering::Release);
+    Ok(())
 }
 
 /// Orderly close of our end: set our closed byte (at `offset`), notify,
 /// and release the memory (which clears our live byte) and the port.
 pub(super) fn close_own(mem: RingMemory, offset: usize, channel: &dyn EventChannel) {
-    Borrow::<Region>::borrow(&mem).write(offset, &[1]);
+    // Release: whatever we wrote to the ring before closing is visible
+    // before the peer sees "closed".
+    Borrow::<Region>::borrow(&mem)
+        .atomic_u8(offset)
+        .store(1, Ordering::Release);
     if let Err(e) = channel.notify() {
         tracing::debug!(error = %e, "notifying the peer of the ring's close");
     }
@@ -275,19 +313,21 @@ pub(super) enum PeerState {
     Gone,
 }
 
-/// Tracks the peer's liveness and closed bytes.
+/// Tracks the peer's live, closed and attached bytes.
 #[derive(Debug)]
 pub(super) struct PeerWatch {
     live: usize,
     closed: usize,
+    attached: usize,
     armed: bool,
 }
 
 impl PeerWatch {
-    pub(super) fn new(live: usize, closed: usize) -> Self {
+    pub(super) fn new(live: usize, closed: usize, attached: usize) -> Self {
         PeerWatch {
             live,
             closed,
+            attached,
             armed: false,
         }
     }
@@ -295,6 +335,11 @@ impl PeerWatch {
     pub(super) fn check(&mut self, mem: &Region) -> PeerState {
         if live_byte(mem, self.closed) != 0 {
             return PeerState::Closed;
+        }
+        // Attached before live (both Acquire): seeing attached means the
+        // live byte read next is the peer's 1 or the 0 of its death.
+        if live_byte(mem, self.attached) == LIVE {
+            self.armed = true;
         }
         match live_byte(mem, self.live) {
             LIVE => {

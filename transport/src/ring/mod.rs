@@ -151,8 +151,8 @@ pub use async_back::{Responder, RingServer};
 pub use async_front::{RequestSink, ResponseStream, RingClient};
 pub use back::BackRing;
 pub use driver::{
-    map_ring, share_ring, AsyncRingError, RingEndpoint, RingMemory, Tagged, BACK_CLOSED_BYTE,
-    BACK_LIVE_BYTE, FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
+    map_ring, share_ring, AsyncRingError, RingEndpoint, RingMemory, Tagged, BACK_ATTACHED_BYTE,
+    BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_ATTACHED_BYTE, FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
 };
 pub use entry::RingEntry;
 pub use front::FrontRing;

@@ -355,3 +355,138 @@ async fn netif_and_blkif_entries_carry_ids() {
     );
     assert_eq!(Tagged::id(&n), 7);
 }
+
+/// Waits for `fut` at most [`PROMPT`]; a hang is a test failure that says
+/// what hung.
+async fn promptly<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PROMPT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {PROMPT:?}"))
+}
+
+#[tokio::test]
+async fn backend_death_ends_outstanding_calls_and_the_next_call_within_a_second() {
+    let w = world();
+    let (client, mut server) = pair(&w, 1);
+    let calls: Vec<_> = (0..5u64)
+        .map(|seq| {
+            let c = client.clone();
+            tokio::spawn(async move { c.call(Msg64::request(seq)).await })
+        })
+        .collect();
+    // The backend takes the requests and dies before answering.
+    for _ in 0..5 {
+        server.next().await.unwrap().unwrap();
+    }
+    w.host.destroy_domain(0).unwrap();
+    for c in calls {
+        let r = promptly("an outstanding call", c).await.unwrap();
+        assert!(
+            matches!(r, Err(AsyncRingError::PeerGone { peer: 0 })),
+            "{r:?}"
+        );
+    }
+    let r = promptly("the next call", client.call(Msg64::request(9))).await;
+    assert!(
+        matches!(r, Err(AsyncRingError::PeerGone { peer: 0 })),
+        "{r:?}"
+    );
+    assert!(matches!(
+        client.closed_by(),
+        Some(AsyncRingError::PeerGone { peer: 0 })
+    ));
+    drop(client);
+    drop(server); // its domain is gone: dropping its handles is harmless
+    w.assert_clean().await;
+}
+
+#[tokio::test]
+async fn backend_death_while_the_client_is_idle_fails_the_next_call_within_a_second() {
+    let w = world();
+    // The client never called: its driver has not looked at the ring since
+    // the backend attached.
+    let (client, server) = pair(&w, 1);
+    w.host.destroy_domain(0).unwrap();
+    let r = promptly("the first call", client.call(Msg64::request(1))).await;
+    assert!(
+        matches!(r, Err(AsyncRingError::PeerGone { peer: 0 })),
+        "{r:?}"
+    );
+    drop(client);
+    drop(server);
+    w.assert_clean().await;
+}
+
+#[tokio::test]
+async fn backend_death_after_serving_fails_the_next_call_within_a_second() {
+    let w = world();
+    let (client, mut server) = pair(&w, 1);
+    // One call answered, then the client is idle when the backend dies.
+    let c = client.clone();
+    let call = tokio::spawn(async move { c.call(Msg64::request(1)).await });
+    let req = server.next().await.unwrap().unwrap();
+    server.respond(&Msg64::answer(&req)).unwrap();
+    promptly("the served call", call).await.unwrap().unwrap();
+    w.host.destroy_domain(0).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = promptly("the next call", client.call(Msg64::request(2))).await;
+    assert!(
+        matches!(r, Err(AsyncRingError::PeerGone { peer: 0 })),
+        "{r:?}"
+    );
+    drop(client);
+    drop(server);
+    w.assert_clean().await;
+}
+
+#[tokio::test]
+async fn frontend_death_ends_the_server_stream_with_an_error_within_a_second() {
+    let w = world();
+    let (client, mut server) = pair(&w, 1);
+    // One request taken and unanswered, the stream waiting for more.
+    let c = client.clone();
+    let _call = tokio::spawn(async move { c.call(Msg64::request(1)).await });
+    promptly("the first request", server.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let next = tokio::spawn(async move {
+        let r = server.next().await;
+        (r, server)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!next.is_finished());
+    w.host.destroy_domain(1).unwrap();
+    let (r, mut server) = promptly("the server stream", next).await.unwrap();
+    assert!(
+        matches!(r, Some(Err(AsyncRingError::PeerGone { peer: 1 }))),
+        "{r:?}"
+    );
+    assert!(
+        server.next().await.is_none(),
+        "the stream ends after the error"
+    );
+    let r = server.respond(&Msg64::answer(&Msg64::request(1)));
+    assert!(
+        matches!(r, Err(AsyncRingError::PeerGone { peer: 1 })),
+        "{r:?}"
+    );
+    server.close().await;
+    drop(client); // its domain is gone: dropping its handles is harmless
+    w.assert_clean().await;
+}
+
+#[tokio::test]
+async fn frontend_death_before_the_server_polls_ends_the_stream_within_a_second() {
+    let w = world();
+    let (client, mut server) = pair(&w, 1);
+    w.host.destroy_domain(1).unwrap();
+    let r = promptly("the server stream", server.next()).await;
+    assert!(
+        matches!(r, Some(Err(AsyncRingError::PeerGone { peer: 1 }))),
+        "{r:?}"
+    );
+    server.close().await;
+    drop(client);
+    w.assert_clean().await;
+}
