@@ -37,19 +37,24 @@
 //!
 //! # End of stream and errors
 //!
-//! * **EOF** (`read` returns 0 bytes): the peer's live byte is 0 and
-//!   everything it wrote has been read. The vchan layout makes an orderly
-//!   close (`poll_shutdown`, libxenvchan's close) and a peer's death (its
-//!   unmap notification clears the same byte, and sends an event) look the
-//!   same in shared memory, so **both end in EOF**; the bytes written before
-//!   either are delivered first. Protocols that must tell a truncated stream
-//!   from a complete one need their own framing (as over TCP after a reset
-//!   that arrives as FIN).
+//! * **EOF** (`read` returns 0 bytes): the peer closed in order
+//!   (`poll_shutdown` or dropping both halves; libxenvchan's close) and
+//!   everything it wrote has been read.
+//! * **Peer death**: the peer's unmap notification clears its live byte,
+//!   as a close does, but leaves its clean-close marker at 1 (see
+//!   [`super::MarkerSpot`]). Once everything it wrote has been read, `read`
+//!   fails with [`std::io::ErrorKind::ConnectionReset`] carrying
+//!   [`StreamError::PeerDied`]. A peer that does not write the marker (a
+//!   libxenvchan program) cannot be told apart: its death is EOF, as in
+//!   libxenvchan, and protocols that must tell a truncated stream from a
+//!   complete one then need their own framing.
 //! * **Writing** to a peer whose live byte is 0 fails with
-//!   [`std::io::ErrorKind::BrokenPipe`], also when a write is blocked on a
-//!   full ring at the moment the peer closes or dies.
+//!   [`std::io::ErrorKind::BrokenPipe`] (carrying [`StreamError::PeerDied`]
+//!   when the peer died), also when a write is blocked on a full ring at the
+//!   moment the peer closes or dies.
 //! * **A broken peer** (an index that puts more than a ring between `prod`
-//!   and `cons`, an index of ours changed, a live byte out of range) fails
+//!   and `cons`, an index of ours changed, a live byte or clean-close
+//!   marker out of range) fails
 //!   with [`std::io::ErrorKind::InvalidData`] on both halves, for ever; the
 //!   [`StreamError`] is inside ([`std::io::Error::get_ref`]). Nothing of the
 //!   broken ring is read as data, and the channel is closed.
@@ -184,9 +189,11 @@ pub struct StreamStats {
 fn io_error(e: StreamError) -> io::Error {
     let kind = match e {
         StreamError::Closed { .. } => io::ErrorKind::BrokenPipe,
+        StreamError::PeerDied { .. } => io::ErrorKind::ConnectionReset,
         StreamError::CorruptIndex { .. }
         | StreamError::IndexChanged { .. }
-        | StreamError::BadLive { .. } => io::ErrorKind::InvalidData,
+        | StreamError::BadLive { .. }
+        | StreamError::BadMarker { .. } => io::ErrorKind::InvalidData,
         _ => io::ErrorKind::Other,
     };
     io::Error::new(kind, e)
@@ -333,15 +340,26 @@ impl AsyncWrite for VchanWriter {
             return Poll::Ready(Ok(0));
         }
         loop {
-            if this.tx.peer_state().map_err(io_error)? == PeerState::Closed {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    format!(
-                        "vchan {} ring: the peer (domain {}) closed the channel or died",
-                        this.tx.ring(),
-                        this.driver.peer
-                    ),
-                )));
+            match this.tx.peer_state().map_err(io_error)? {
+                PeerState::Closed => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        format!(
+                            "vchan {} ring: the peer (domain {}) closed the channel",
+                            this.tx.ring(),
+                            this.driver.peer
+                        ),
+                    )));
+                }
+                PeerState::Died => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        StreamError::PeerDied {
+                            ring: this.tx.ring(),
+                        },
+                    )));
+                }
+                PeerState::Connected | PeerState::NotYetConnected => {}
             }
             let (n, notify) = this.tx.write(data).map_err(io_error)?;
             if n > 0 {
@@ -358,8 +376,9 @@ impl AsyncWrite for VchanWriter {
         Poll::Ready(Ok(()))
     }
 
-    /// Closes the whole channel (vchan has no half-close): our live byte
-    /// becomes 0 and the peer is sent an event. Reading stays possible
+    /// Closes the whole channel in order (vchan has no half-close): our
+    /// clean-close marker becomes 2, our live byte 0, and the peer is sent
+    /// an event; the peer reads EOF after our data. Reading stays possible
     /// (the peer may have written before it noticed); writing fails.
     /// Completes at once; cancellation safe.
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

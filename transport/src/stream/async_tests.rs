@@ -197,7 +197,7 @@ async fn every_order_works_through_the_async_layer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_death_ends_reads_and_fails_writes_within_a_second() {
+async fn peer_death_fails_reads_and_writes_within_a_second() {
     let e = env();
     let (d1, d2) = (e.join(1), e.join(2));
     let (server, client) = pair((&d1, &d2), 9, 12, 12).await;
@@ -221,15 +221,107 @@ async fn peer_death_ends_reads_and_fails_writes_within_a_second() {
     assert!(!reader.is_finished() && !writer.is_finished());
 
     e.host.destroy_domain(1).unwrap();
-    let (r, cr) = timeout(SECOND, reader).await.unwrap().unwrap();
-    // Death looks like a close in shared memory: the end of the stream.
-    assert_eq!(r.unwrap(), 0);
+    let (r, mut cr) = timeout(SECOND, reader).await.unwrap().unwrap();
+    // The live byte went to 0 without the clean-close marker: not the end
+    // of the stream but a reset.
+    let err = r.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    let died = StreamError::PeerDied {
+        ring: RingId::Right,
+    };
+    assert_eq!(
+        err.get_ref().and_then(|e| e.downcast_ref::<StreamError>()),
+        Some(&died)
+    );
+    // And again: never taken for the end later.
+    let err = cr.read(&mut [0u8; 8]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     let (w, cw) = timeout(SECOND, writer).await.unwrap().unwrap();
-    assert_eq!(w.unwrap_err().kind(), ErrorKind::BrokenPipe);
+    let err = w.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+    assert_eq!(
+        err.get_ref().and_then(|e| e.downcast_ref::<StreamError>()),
+        Some(&StreamError::PeerDied { ring: RingId::Left })
+    );
     drop((cr, cw));
     drop(server); // its domain is gone: dropping its handles is harmless
     drop(d1);
     e.assert_clean(&[&d2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_stream_is_an_orderly_close_after_all_data() {
+    let e = env();
+    let (d0, d1) = (e.join(0), e.join(1));
+    let (mut server, mut client) = pair((&d0, &d1), 4, 12, 13).await;
+    let data = pattern(5, 2000); // 16000 bytes through a 4 KiB ring
+    let sent = data.clone();
+    // No shutdown: dropping the stream closes it in order.
+    let writer = tokio::spawn(async move {
+        client.write_all(&sent).await.unwrap();
+    });
+    let mut got = Vec::new();
+    timeout(SECOND, server.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "bytes differ");
+    writer.await.unwrap();
+    assert_eq!(server.peer_state(), Ok(PeerState::Closed));
+    drop(server);
+    e.assert_clean(&[&d0, &d1]);
+}
+
+/// A client that behaves as libxenvchan's (sets `srv_notify` and
+/// `cli_live`, never the marker), writes, then closes: the server reads its
+/// data, then the end of the stream, as before the marker existed. A
+/// libxenvchan peer's death is the same bytes, so the same EOF.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_libxenvchan_peer_closing_is_eof() {
+    let e = env();
+    let (d0, d1) = (e.join(0), e.join(1));
+    let addr = VchanAddress {
+        server: 0,
+        client: 1,
+        port: 6,
+    };
+    let listener = VchanServer::create(&d0, addr, 10, 11).unwrap();
+    let (ring_ref, port) = listener.offer();
+    let chan = d1.bind_interdomain(0, port).unwrap();
+    let mut ctrl = d1.map_grants(0, &[ring_ref], Access::ReadWrite).unwrap();
+    ctrl.set_unmap_notify(UnmapNotify {
+        clear_byte: Some(Side::Client.live_offset()),
+        event: Some(chan.local_port()),
+    })
+    .unwrap();
+    let page = ControlPage::new(ctrl.memory()).unwrap();
+    page.notify(Side::Server)
+        .store(crate::abi::vchan::VCHAN_NOTIFY_WRITE, Ordering::Relaxed);
+    page.live(Side::Client).store(1, Ordering::Release);
+    chan.notify().unwrap();
+    let mut server = timeout(SECOND, listener.accept_direct())
+        .await
+        .unwrap()
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let r = server.read_to_end(&mut got).await;
+        (r, got, server)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The left ring (order 10) is at 1024 in the control page.
+    ctrl.memory().write(1024, b"from libxenvchan");
+    page.prod(RingId::Left).store(16, Ordering::Release);
+    page.live(Side::Client).store(0, Ordering::Release);
+    chan.notify().unwrap();
+    let (r, got, server) = timeout(SECOND, reader).await.unwrap().unwrap();
+    assert_eq!(r.unwrap(), 16);
+    assert_eq!(got, b"from libxenvchan");
+    assert_eq!(server.peer_state(), Ok(PeerState::Closed));
+    ctrl.unmap().unwrap();
+    chan.close().unwrap();
+    drop(server);
+    e.assert_clean(&[&d0, &d1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

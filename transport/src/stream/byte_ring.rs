@@ -12,6 +12,7 @@ use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::control::{ControlPage, PeerState, RingId, Side};
+use super::marker::{judge, MarkerSpot, MARKER_CLOSED};
 use super::{NotifyNeeded, StreamError};
 use crate::abi::vchan::{VCHAN_LIVE_CLOSED, VCHAN_NOTIFY_READ, VCHAN_NOTIFY_WRITE};
 use crate::platform::{ForeignMapping, LocalPages, SharedPages};
@@ -73,6 +74,10 @@ pub(crate) struct Shared {
     fault: OnceLock<StreamError>,
     /// Private (not shared memory): whether this end has closed.
     closed: AtomicBool,
+    /// Where the clean-close markers are, if the layout has room.
+    markers: Option<MarkerSpot>,
+    /// Private: whether the peer's marker ever showed 1 or 2.
+    peer_aware: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -92,6 +97,7 @@ impl Shared {
         control: Box<dyn MappedMemory>,
         left: Option<Box<dyn MappedMemory>>,
         right: Option<Box<dyn MappedMemory>>,
+        markers: Option<MarkerSpot>,
     ) -> Shared {
         Shared {
             side,
@@ -100,7 +106,13 @@ impl Shared {
             right,
             fault: OnceLock::new(),
             closed: AtomicBool::new(false),
+            markers,
+            peer_aware: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn markers(&self) -> Option<MarkerSpot> {
+        self.markers
     }
 
     pub(crate) fn side(&self) -> Side {
@@ -138,7 +150,9 @@ impl Shared {
                 e
             })
             .clone();
-        let _ = self.close();
+        // Abortive: our marker stays 1, so the peer sees a death rather
+        // than a complete stream.
+        let _ = self.close(false);
         e
     }
 
@@ -146,31 +160,53 @@ impl Shared {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Sets our live byte to 0. Yes the first time: the caller then sends an
-    /// event so that the peer notices (libxenvchan does the same).
-    pub(crate) fn close(&self) -> NotifyNeeded {
+    /// Sets our live byte to 0, after our clean-close marker 2 when `clean`
+    /// (an orderly close) and the layout has room for it. Yes the first
+    /// time: the caller then sends an event so that the peer notices
+    /// (libxenvchan does the same).
+    pub(crate) fn close(&self, clean: bool) -> NotifyNeeded {
         // Relaxed: a private flag that only guards against closing twice.
         if self.closed.swap(true, Ordering::Relaxed) {
             return NotifyNeeded::No;
         }
-        // Release: the data and indexes we stored before closing are seen
-        // by a peer that sees the 0 (its acquire load of our live byte), so
-        // it can drain them before reporting end of stream.
-        self.control()
-            .live(self.side)
+        let ctrl = self.control();
+        if let (true, Some(spot)) = (clean, self.markers) {
+            // Release, before the live byte: a peer that sees the 2
+            // (acquire) also sees our data and indexes, even if we die
+            // before the 0 below and our unmap notification writes it.
+            ctrl.marker(spot, self.side)
+                .store(MARKER_CLOSED, Ordering::Release);
+        }
+        // Release: the data, indexes and marker we stored before closing
+        // are seen by a peer that sees the 0 (its acquire load of our live
+        // byte), so it can drain them, and take the 0 for a clean close,
+        // before reporting end of stream.
+        ctrl.live(self.side)
             .store(VCHAN_LIVE_CLOSED, Ordering::Release);
         NotifyNeeded::Yes
     }
 
     pub(crate) fn peer_state(&self) -> Result<PeerState, StreamError> {
         self.check()?;
+        let ctrl = self.control();
+        let peer = self.side.peer();
         // Acquire pairs with the peer's release when it closes: its last
-        // data and index are seen after its 0.
-        let v = self
-            .control()
-            .live(self.side.peer())
-            .load(Ordering::Acquire);
-        PeerState::from_byte(v).map_err(|e| self.fail(e))
+        // data, index and marker are seen after its 0.
+        let live = ctrl.live(peer).load(Ordering::Acquire);
+        // Loaded after the live byte (Acquire keeps it after): a close's 0
+        // seen above brings its marker 2 with it. Read the other way round,
+        // a close between the two loads would show marker 1 and live 0, and
+        // an orderly close would be taken for a death.
+        let marker = self
+            .markers
+            .map(|spot| ctrl.marker(spot, peer).load(Ordering::Acquire));
+        // Relaxed: a private, monotonic flag shared by our two halves.
+        let was_aware = self.peer_aware.load(Ordering::Relaxed);
+        let (state, aware) = judge(live, marker, was_aware).map_err(|e| self.fail(e))?;
+        if aware && !was_aware {
+            self.peer_aware.store(true, Ordering::Relaxed);
+        }
+        Ok(state)
     }
 
     /// Asks the peer for an event on its next `bit` step (read or write), by
@@ -326,15 +362,16 @@ impl Producer {
         Ok((n, notify))
     }
 
-    /// Whether the peer has closed (or died), or not yet connected.
+    /// Whether the peer has closed, died, or not yet connected.
     pub fn peer_state(&self) -> Result<PeerState, StreamError> {
         self.shared.peer_state()
     }
 
-    /// Closes the whole channel (both rings): our live byte becomes 0.
-    /// Yes the first time: send the peer an event so that it notices.
+    /// Closes the whole channel (both rings) in order: our clean-close
+    /// marker becomes 2, then our live byte 0. Yes the first time: send the
+    /// peer an event so that it notices.
     pub fn close(&self) -> NotifyNeeded {
-        self.shared.close()
+        self.shared.close(true)
     }
 
     /// Reads the reader's index once, checks it, and returns the free space.
@@ -479,22 +516,32 @@ impl Consumer {
         Ok((n, notify))
     }
 
-    /// True when the peer has closed (or died) and everything it wrote has
-    /// been read: the end of the stream. The live byte is read before the
-    /// index, so bytes written just before the close are never lost.
+    /// True when the peer has closed and everything it wrote has been
+    /// read: the end of the stream. [`StreamError::PeerDied`] instead when
+    /// the peer's marker says it died ([`PeerState::Died`]), also only once
+    /// everything it wrote has been read. The live byte (and marker) are
+    /// read before the index, so bytes written just before the close are
+    /// never lost.
     pub fn at_eof(&self) -> Result<bool, StreamError> {
-        Ok(self.peer_state()? == PeerState::Closed && self.readable()? == 0)
+        match self.peer_state()? {
+            PeerState::Closed => Ok(self.readable()? == 0),
+            PeerState::Died if self.readable()? == 0 => Err(StreamError::PeerDied {
+                ring: self.geo.ring,
+            }),
+            _ => Ok(false),
+        }
     }
 
-    /// Whether the peer has closed (or died), or not yet connected.
+    /// Whether the peer has closed, died, or not yet connected.
     pub fn peer_state(&self) -> Result<PeerState, StreamError> {
         self.shared.peer_state()
     }
 
-    /// Closes the whole channel (both rings): our live byte becomes 0.
-    /// Yes the first time: send the peer an event so that it notices.
+    /// Closes the whole channel (both rings) in order: our clean-close
+    /// marker becomes 2, then our live byte 0. Yes the first time: send the
+    /// peer an event so that it notices.
     pub fn close(&self) -> NotifyNeeded {
-        self.shared.close()
+        self.shared.close(true)
     }
 
     /// Reads the writer's index once, checks it, and returns the bytes

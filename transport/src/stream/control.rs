@@ -8,6 +8,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 
+use super::marker::{MarkerSpot, MARKER_ALIVE};
 use super::StreamError;
 use crate::abi::grant::GrantRef;
 use crate::abi::vchan::{
@@ -150,9 +151,14 @@ pub enum PeerState {
     NotYetConnected,
     /// 1: the peer is there.
     Connected,
-    /// 0: the peer closed the channel or died (its unmap notification
-    /// cleared the byte).
+    /// 0: the peer closed the channel; or died, if it is a libxenvchan
+    /// peer (or the layout has no room for the clean-close marker), whose
+    /// death looks the same.
     Closed,
+    /// 0 from a peer whose clean-close marker showed 1 but is not 2: it
+    /// died (its unmap notification cleared the byte) or gave up on a
+    /// fault. See [`MarkerSpot`].
+    Died,
 }
 
 impl PeerState {
@@ -309,6 +315,11 @@ impl<'a> ControlPage<'a> {
         self.region.atomic_u8(side.live_offset())
     }
 
+    /// Clean-close marker byte of `side` at `spot` (see [`MarkerSpot`]).
+    pub fn marker(&self, spot: MarkerSpot, side: Side) -> &'a AtomicU8 {
+        self.region.atomic_u8(spot.offset(side))
+    }
+
     /// Notify byte of `side` (see [`Side::notify_offset`]).
     pub fn notify(&self, side: Side) -> &'a AtomicU8 {
         self.region.atomic_u8(side.notify_offset())
@@ -355,7 +366,9 @@ impl<'a> ControlPage<'a> {
     /// Lays out a fresh control page as libxenvchan's server does: the whole
     /// page zeroed, orders and grant references written, `cli_notify` set to
     /// "wake me on write" (the server wants to hear of the client's first
-    /// data), `cli_live` 2 (not yet connected), and `srv_live` 1 last.
+    /// data), `cli_live` 2 (not yet connected), the server's clean-close
+    /// marker 1 (the one byte libxenvchan's server does not write, see
+    /// [`MarkerSpot`]), and `srv_live` 1 last.
     ///
     /// The page must not be visible to the client yet (it learns the grant
     /// reference from XenStore afterwards).
@@ -381,8 +394,13 @@ impl<'a> ControlPage<'a> {
             .store(VCHAN_NOTIFY_WRITE, Ordering::Relaxed);
         self.live(Side::Client)
             .store(VCHAN_LIVE_WAITING, Ordering::Relaxed);
+        if let Some(spot) = MarkerSpot::for_layout(layout) {
+            self.marker(spot, Side::Server)
+                .store(MARKER_ALIVE, Ordering::Relaxed);
+        }
         // Release: a client that sees srv_live == 1 (acquire, in
-        // read_layout) also sees the orders and grants written above.
+        // read_layout) also sees the orders, grants and marker written
+        // above.
         self.live(Side::Server)
             .store(VCHAN_LIVE_CONNECTED, Ordering::Release);
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::byte_ring::{Geometry, MappedMemory, Shared};
 use super::control::{placement, ControlPage, Layout, PeerState, RingId, RingLayout, Side};
+use super::marker::{MarkerSpot, MARKER_ALIVE};
 use super::{Consumer, NotifyNeeded, Producer, RingStats, StreamError};
 use crate::abi::grant::GrantRef;
 use crate::abi::vchan::{RingPlacement, VCHAN_LIVE_CONNECTED, VCHAN_NOTIFY_WRITE};
@@ -73,7 +74,8 @@ impl Vchan {
     /// Sets up a server end: checks the layout and memory, then lays out
     /// the fresh control page as libxenvchan's server does (page zeroed,
     /// orders, grants, `cli_notify` = wake-on-write, `cli_live` = 2,
-    /// `srv_live` = 1). Advertise the page in XenStore afterwards.
+    /// `srv_live` = 1), plus the server's clean-close marker 1
+    /// ([`MarkerSpot`]). Advertise the page in XenStore afterwards.
     ///
     /// `left` is the ring the server reads, `right` the one it writes.
     pub fn server_init(
@@ -92,7 +94,8 @@ impl Vchan {
     /// layout is read from the page again.
     ///
     /// The indexes found are checked, then the client says it is there as
-    /// libxenvchan's does (`srv_notify` = wake-on-write, `cli_live` = 1).
+    /// libxenvchan's does (`srv_notify` = wake-on-write, `cli_live` = 1),
+    /// after setting its clean-close marker to 1 ([`MarkerSpot`]).
     /// Send the server one event afterwards: it waits for it.
     pub fn client_attach(
         control: impl MappedMemory,
@@ -123,8 +126,12 @@ impl Vchan {
         }
         ctrl.notify(Side::Server)
             .store(VCHAN_NOTIFY_WRITE, Ordering::Relaxed);
+        if let Some(spot) = shared.markers() {
+            ctrl.marker(spot, Side::Client)
+                .store(MARKER_ALIVE, Ordering::Relaxed);
+        }
         // Release: a server that sees us connected (acquire) also sees the
-        // request above.
+        // request and the marker above.
         ctrl.live(Side::Client)
             .store(VCHAN_LIVE_CONNECTED, Ordering::Release);
         Ok(Vchan::from_parts(shared, geos, right_cons, left_prod))
@@ -176,13 +183,13 @@ impl Vchan {
         self.rx.at_eof()
     }
 
-    /// The peer's live byte.
+    /// The peer's live byte, and its marker when it is 0.
     pub fn peer_state(&self) -> Result<PeerState, StreamError> {
         self.rx.peer_state()
     }
 
-    /// Sets our live byte to 0 (closed). Yes the first time: send the peer
-    /// an event so that it notices.
+    /// Closes in order: our clean-close marker 2, then our live byte 0. Yes
+    /// the first time: send the peer an event so that it notices.
     pub fn close(&self) -> NotifyNeeded {
         self.rx.close()
     }
@@ -262,7 +269,8 @@ fn build(
         geos.push(Geometry { ring, size, base });
     }
     let geos = [geos[0], geos[1]];
-    let shared = Shared::new(side, control, left.memory, right.memory);
+    let markers = MarkerSpot::for_layout(&layout);
+    let shared = Shared::new(side, control, left.memory, right.memory, markers);
     Ok((Arc::new(shared), layout, geos))
 }
 

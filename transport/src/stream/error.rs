@@ -4,10 +4,13 @@ use super::control::RingId;
 
 /// Why a vchan operation failed.
 ///
-/// Errors caused by the peer ([`StreamError::CorruptIndex`],
-/// [`StreamError::IndexChanged`], [`StreamError::BadLive`]) are sticky: the
-/// channel is closed (our live byte set to 0) and every later call on either
-/// half returns the same error. Setup errors leave nothing behind.
+/// Errors caused by a broken peer ([`StreamError::CorruptIndex`],
+/// [`StreamError::IndexChanged`], [`StreamError::BadLive`],
+/// [`StreamError::BadMarker`]) are sticky: the channel is closed (our live
+/// byte set to 0, without the clean-close marker) and every later call on
+/// either half returns the same error. [`StreamError::PeerDied`] is not a
+/// fault of the protocol: it is reported each time the end of the stream
+/// is reached. Setup errors leave nothing behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
     /// The peer's index puts more than a ring's worth of bytes between
@@ -42,6 +45,24 @@ pub enum StreamError {
     BadLive {
         /// The value found.
         value: u8,
+    },
+    /// The peer's marker byte (see [`crate::stream`]'s clean-close marker)
+    /// holds a value no end writes.
+    #[error("vchan control page: the peer's clean-close marker holds {value}, not 0, 1 or 2")]
+    BadMarker {
+        /// The value found.
+        value: u8,
+    },
+    /// The peer's live byte is 0 but its marker says it did not close
+    /// cleanly: it died (its unmap notification cleared the byte) or gave up
+    /// on a fault. Everything it wrote before has been read; the stream may
+    /// be truncated.
+    #[error(
+        "vchan {ring} ring: the peer went away without closing the channel (it died or aborted)"
+    )]
+    PeerDied {
+        /// The ring read (or written) when it was noticed.
+        ring: RingId,
     },
     /// We closed the channel; no more data may be written.
     #[error("vchan {ring} ring: write after this end closed the channel")]

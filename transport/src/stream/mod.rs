@@ -17,6 +17,7 @@
 //! | `byte_ring.rs` | [`Producer`] and [`Consumer`], the two halves of a ring |
 //! | `end.rs` | [`Vchan`]: server and client ends, [`RingSetup`] |
 //! | `xs.rs` | the XenStore paths and values of libxenvchan |
+//! | `marker.rs` | [`MarkerSpot`]: the clean-close marker, an extension that tells a close from a death |
 //! | `error.rs` | [`StreamError`] |
 //! | `async_stream.rs` | [`VchanStream`]: `AsyncRead + AsyncWrite` on tokio, its halves, the per-connection driver |
 //! | `setup.rs` | [`VchanServer`] and [`connect`]: setup through the platform traits and the XenStore handshake; [`SetupError`] |
@@ -89,12 +90,27 @@
 //! `cli_live`). [`Vchan::close`] stores 0 with Release after our last data,
 //! and a reader loads the peer's byte with Acquire before the index, so
 //! [`Consumer::at_eof`] never drops bytes written just before a close.
+//!
+//! # Close or death: the clean-close marker
+//!
+//! In libxenvchan's layout a close and a death both leave the peer's live
+//! byte at 0. Each xenring end therefore also writes a marker byte in a
+//! part of the control page libxenvchan never touches (right after
+//! `grants[]`, see [`MarkerSpot`]): 1 when it sets itself live, 2 just
+//! before an orderly close ([`Vchan::close`], which dropping the stream
+//! does too). A peer's 0 with its marker 2 is the end of the stream; with a
+//! marker that showed 1 it is [`PeerState::Died`], and the reader gets
+//! [`StreamError::PeerDied`] once the data is drained; with a marker that
+//! never showed 1 (a libxenvchan peer) it is the end of the stream, as
+//! before. A close after a protocol fault (the sticky errors) leaves our
+//! marker at 1, so the peer sees a death, not a complete stream.
 
 mod async_stream;
 mod byte_ring;
 mod control;
 mod end;
 mod error;
+mod marker;
 mod setup;
 mod xs;
 
@@ -108,6 +124,7 @@ pub use byte_ring::{Consumer, MappedMemory, Producer, RingStats};
 pub use control::{ControlPage, Layout, PeerState, RingId, RingLayout, Side};
 pub use end::{RingSetup, Vchan};
 pub use error::StreamError;
+pub use marker::{MarkerSpot, MARKER_ALIVE, MARKER_CLOSED};
 pub use setup::{connect, connect_direct, SetupError, VchanServer};
 pub use xs::{
     format_value, parse_event_channel, parse_ring_ref, VchanAddress, EVENT_CHANNEL_KEY,

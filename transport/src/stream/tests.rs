@@ -203,6 +203,14 @@ fn drain(rx: &mut Vchan, pos: u64, expect: usize) {
 
 // ------------------------------------------------------------ layout, golden
 
+/// The first offset where two pages differ, with both bytes.
+fn first_diff(page: &[u8], golden: &[u8]) -> Option<(usize, u8, u8)> {
+    assert_eq!(page.len(), golden.len());
+    (0..page.len())
+        .find(|&i| page[i] != golden[i])
+        .map(|i| (i, page[i], golden[i]))
+}
+
 #[test]
 fn server_page_golden_bytes_in_page_orders() {
     for (lo, ro) in [(10u16, 11u16), (11, 10)] {
@@ -210,7 +218,14 @@ fn server_page_golden_bytes_in_page_orders() {
         let _server = rig.server();
         let mut golden = vec![0u8; CONTROL_PAGE_SIZE];
         golden[16..24].copy_from_slice(&[lo as u8, 0, ro as u8, 0, 2, 1, 1, 0]);
-        assert_eq!(rig.page_bytes(), golden, "orders {lo}/{ro}");
+        // The one byte libxenvchan's server does not write: our clean-close
+        // marker, 1 (alive), right after the (empty) grant list.
+        golden[24] = MARKER_ALIVE;
+        assert_eq!(
+            first_diff(&rig.page_bytes(), &golden),
+            None,
+            "orders {lo}/{ro}"
+        );
     }
 }
 
@@ -228,7 +243,10 @@ fn server_page_golden_bytes_with_grants() {
         0x02, 0x20, 0, 0, //
         0x03, 0x20, 0, 0,
     ]);
-    assert_eq!(page, golden);
+    // The server's clean-close marker right after the grants; the client's
+    // byte after it stays 0 until a client attaches.
+    golden[44] = MARKER_ALIVE;
+    assert_eq!(first_diff(&page, &golden), None);
 
     // The abi view reads the same fields from the same bytes.
     let h = VchanHeader::new_checked(&page[..]).unwrap();
@@ -245,7 +263,8 @@ fn server_page_golden_bytes_with_grants() {
     let h = VchanHeader::new_checked(&page[..]).unwrap();
     assert_eq!((h.left_order(), h.right_order()), (20, 11));
     assert_eq!(h.grant(255), Some(0x1000 + 255));
-    assert!(page[24 + 256 * 4..].iter().all(|&b| b == 0));
+    assert_eq!(page[24 + 256 * 4], MARKER_ALIVE);
+    assert!(page[24 + 256 * 4 + 1..].iter().all(|&b| b == 0));
 }
 
 #[test]
@@ -303,6 +322,8 @@ fn client_attach_marks_itself_live_and_asks_for_writes() {
     let client = rig.client();
     let page = rig.page_bytes();
     assert_eq!(&page[16..24], &[13, 0, 10, 0, 1, 1, 1, VCHAN_NOTIFY_WRITE]);
+    // Both markers 1 (server's, client's) after the two grants.
+    assert_eq!(&page[32..34], &[MARKER_ALIVE, MARKER_ALIVE]);
     assert_eq!(server.peer_state(), Ok(PeerState::Connected));
     assert_eq!(client.peer_state(), Ok(PeerState::Connected));
     assert_eq!(server.side(), Side::Server);
@@ -871,13 +892,14 @@ fn corrupt_case(ring: RingId, ahead: bool, detector: Side) {
     };
     assert_eq!(got, Err(want.clone()), "{what}");
     assert!(buf.iter().all(|&b| b == 0xaa), "{what}: data read");
-    // Closed: our live byte is 0, the peer sees it.
+    // Closed, abortively: our live byte is 0 but our marker stays 1, so the
+    // peer sees a death, not a complete stream.
     assert_eq!(
         ctrl.live(detector).load(Ordering::Relaxed),
         0,
         "{what}: still live"
     );
-    assert_eq!(peer.peer_state(), Ok(PeerState::Closed), "{what}");
+    assert_eq!(peer.peer_state(), Ok(PeerState::Died), "{what}");
     // Every later call, on both halves, returns the same error.
     assert_eq!(end.read(&mut buf).unwrap_err(), want, "{what}");
     assert_eq!(end.write(b"x").unwrap_err(), want, "{what}");
@@ -948,7 +970,7 @@ fn an_index_changed_behind_our_back_is_an_error() {
             found: 3
         }
     );
-    assert_eq!(s.peer_state(), Ok(PeerState::Closed));
+    assert_eq!(s.peer_state(), Ok(PeerState::Died));
 
     let rig = Rig::new(12, 11);
     let (mut s, _c) = rig.pair();
@@ -1051,9 +1073,161 @@ fn a_live_byte_libxenvchan_never_writes_is_an_error() {
     );
     assert_eq!(c.write(b"x"), Err(StreamError::BadLive { value: 7 }));
     assert_eq!(ctrl.live(Side::Client).load(Ordering::Relaxed), 0);
-    assert_eq!(s.peer_state(), Ok(PeerState::Closed));
-    assert_eq!(s.at_eof(), Ok(true));
+    // The client gave up on a fault: not a clean close.
+    assert_eq!(s.peer_state(), Ok(PeerState::Died));
+    assert_eq!(
+        s.at_eof(),
+        Err(StreamError::PeerDied { ring: RingId::Left })
+    );
     assert!(s.write(b"y").is_ok());
+}
+
+// ------------------------------------------------- the clean-close marker
+
+/// The marker spot of a rig's layout.
+fn spot(rig: &Rig) -> MarkerSpot {
+    let raw = rig.raw();
+    let layout = ControlPage::new(&raw).unwrap().read_layout().unwrap();
+    MarkerSpot::for_layout(&layout).unwrap()
+}
+
+#[test]
+fn an_orderly_close_sets_the_marker_then_the_live_byte_and_is_eof() {
+    for (lo, ro) in [(10, 11), (12, 10), (20, 20)] {
+        let rig = Rig::new(lo, ro);
+        let (mut s, mut c) = rig.pair();
+        let raw = rig.raw();
+        let ctrl = ControlPage::new(&raw).unwrap();
+        let at = spot(&rig);
+        assert_eq!(ctrl.marker(at, Side::Server).load(Ordering::Relaxed), 1);
+        assert_eq!(ctrl.marker(at, Side::Client).load(Ordering::Relaxed), 1);
+        assert_eq!(s.write(b"done").unwrap().0, 4);
+        assert_eq!(s.close(), NotifyNeeded::Yes);
+        assert_eq!(ctrl.marker(at, Side::Server).load(Ordering::Relaxed), 2);
+        assert_eq!(ctrl.live(Side::Server).load(Ordering::Relaxed), 0);
+        assert_eq!(c.peer_state(), Ok(PeerState::Closed));
+        assert_eq!(c.at_eof(), Ok(false), "data first");
+        let mut buf = [0u8; 8];
+        assert_eq!(c.read(&mut buf).unwrap().0, 4);
+        assert_eq!(c.at_eof(), Ok(true), "orders {lo}/{ro}");
+    }
+}
+
+#[test]
+fn a_death_is_an_error_after_the_data() {
+    let rig = Rig::new(13, 10);
+    let (mut s, mut c) = rig.pair();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    assert_eq!(c.write(b"partial").unwrap().0, 7);
+    // The client dies: its unmap notification clears its live byte; its
+    // marker stays 1.
+    ctrl.live(Side::Client).store(0, Ordering::Release);
+    assert_eq!(s.peer_state(), Ok(PeerState::Died));
+    assert_eq!(s.at_eof(), Ok(false), "data first");
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).unwrap().0, 7);
+    let died = StreamError::PeerDied { ring: RingId::Left };
+    assert_eq!(s.at_eof(), Err(died.clone()));
+    assert_eq!(s.at_eof(), Err(died.clone()), "every time");
+    assert_eq!(
+        died.to_string(),
+        "vchan left (client to server) ring: the peer went away without closing the channel (it died or aborted)"
+    );
+    // Not a protocol fault: the server stays open and may still write.
+    assert!(s.write(b"x").is_ok());
+}
+
+#[test]
+fn a_death_after_the_clean_close_marker_is_still_eof() {
+    // The peer stored its 2 and died before its 0: the unmap notification
+    // writes the 0, and everything it wrote before the 2 is there.
+    let rig = Rig::new(10, 11);
+    let (s, c) = rig.pair();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    ctrl.marker(spot(&rig), Side::Client)
+        .store(MARKER_CLOSED, Ordering::Release);
+    assert_eq!(s.peer_state(), Ok(PeerState::Connected));
+    ctrl.live(Side::Client).store(0, Ordering::Release);
+    assert_eq!(s.at_eof(), Ok(true));
+    drop(c);
+}
+
+#[test]
+fn a_peer_that_showed_the_marker_and_then_cleared_it_died() {
+    let rig = Rig::new(10, 11);
+    let (s, _c) = rig.pair();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    assert_eq!(s.peer_state(), Ok(PeerState::Connected));
+    ctrl.marker(spot(&rig), Side::Client)
+        .store(0, Ordering::Release);
+    ctrl.live(Side::Client).store(0, Ordering::Release);
+    assert_eq!(s.peer_state(), Ok(PeerState::Died));
+}
+
+/// A libxenvchan client by hand: maps the page, sets `srv_notify` and
+/// `cli_live` and nothing else, writes `data` to the left ring (order 10 at
+/// 1024), then closes (or dies: the same bytes).
+#[test]
+fn a_libxenvchan_peer_that_never_writes_the_marker_ends_in_eof() {
+    let rig = Rig::new(10, 11);
+    let mut s = rig.server();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    ctrl.notify(Side::Server)
+        .store(VCHAN_NOTIFY_WRITE, Ordering::Relaxed);
+    ctrl.live(Side::Client).store(1, Ordering::Release);
+    assert_eq!(s.peer_state(), Ok(PeerState::Connected));
+    raw.write(1024, b"from C");
+    ctrl.prod(RingId::Left).store(6, Ordering::Release);
+    ctrl.live(Side::Client).store(0, Ordering::Release);
+    assert_eq!(s.peer_state(), Ok(PeerState::Closed));
+    let mut buf = [0u8; 8];
+    assert_eq!(s.read(&mut buf).unwrap().0, 6);
+    assert_eq!(&buf[..6], b"from C");
+    assert_eq!(s.at_eof(), Ok(true));
+    // Our marker is the only byte of the page libxenvchan would not have
+    // written: the server's, 1; the client's stays 0.
+    let at = spot(&rig);
+    assert_eq!(ctrl.marker(at, Side::Server).load(Ordering::Relaxed), 1);
+    assert_eq!(ctrl.marker(at, Side::Client).load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_libxenvchan_server_never_writes_the_marker_and_its_close_is_eof() {
+    // A libxenvchan server's page: ours with the server's marker wiped.
+    let rig = Rig::new(11, 10);
+    let s = rig.server();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    ctrl.marker(spot(&rig), Side::Server)
+        .store(0, Ordering::Relaxed);
+    let c = rig.client();
+    assert_eq!(c.peer_state(), Ok(PeerState::Connected));
+    // libxenvchan's close (or death): live 0, marker untouched.
+    ctrl.live(Side::Server).store(0, Ordering::Release);
+    assert_eq!(c.peer_state(), Ok(PeerState::Closed));
+    assert_eq!(c.at_eof(), Ok(true));
+    drop(s);
+}
+
+#[test]
+fn a_marker_no_end_writes_is_an_error() {
+    let rig = Rig::new(12, 12);
+    let (mut s, mut c) = rig.pair();
+    let raw = rig.raw();
+    let ctrl = ControlPage::new(&raw).unwrap();
+    ctrl.marker(spot(&rig), Side::Server)
+        .store(9, Ordering::Release);
+    let bad = StreamError::BadMarker { value: 9 };
+    assert_eq!(c.peer_state(), Err(bad.clone()));
+    assert_eq!(c.read(&mut [0u8; 4]), Err(bad.clone()));
+    assert_eq!(c.write(b"x"), Err(bad));
+    // The client closed abortively: the server sees a death.
+    assert_eq!(s.peer_state(), Ok(PeerState::Died));
+    assert!(s.read(&mut [0u8; 4]).is_ok());
 }
 
 #[test]
