@@ -258,3 +258,49 @@ fn a_million_requests_through_an_async_ring_between_two_processes() {
     assert!(report.domains.is_empty(), "domains left: {report}");
     report.assert_clean();
 }
+
+/// Peer death across processes: the backend process is killed (SIGKILL)
+/// while the frontend pipelines requests; the frontend process exits within
+/// a few seconds with an error naming the dead peer (not a hang, not a
+/// panic), and the host is clean afterwards.
+#[test]
+fn a_killed_ring_backend_process_fails_the_frontend_process_with_peer_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default()).unwrap();
+    let socket = host.control_path().to_path_buf();
+    // No --requests: the frontend calls until the ring fails.
+    let mut front = domain(&socket, 1, &["ring-front", "--peer=0", "--pages=1"]);
+    let (_, line, mut out) = read_offer(&mut front);
+    let mut back = domain(&socket, 0, &["ring-back", &format!("--offer={line}")]);
+    // Mid-stream: wait until answers flow.
+    let mut flowing = String::new();
+    out.read_line(&mut flowing).unwrap();
+    assert_eq!(flowing.trim(), "ring front flowing", "{flowing:?}");
+    back.kill().unwrap(); // SIGKILL
+    back.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = front.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            front.kill().unwrap();
+            front.wait().unwrap();
+            panic!("the ring front hung after its backend was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(front.stderr.as_mut().unwrap(), &mut err).unwrap();
+    // An error exit (1), not a signal or a panic (101).
+    assert_eq!(status.code(), Some(1), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("ring front after") && err.contains("ring peer domain 0 is gone"),
+        "{err}"
+    );
+    eprintln!("the ring front's exit: {}", err.trim());
+    let report = settled(|| host.report());
+    assert!(report.domains.is_empty(), "domains left: {report}");
+    report.assert_clean();
+}

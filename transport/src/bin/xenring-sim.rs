@@ -120,14 +120,17 @@ enum Role {
     },
     // ---- async ring roles (issue 4, ring tests; see ring_roles below) ----
     /// Ring frontend: share a ring with `peer`, print the offer, pipeline
-    /// `requests` echo requests and check every answer.
+    /// `requests` echo requests and check every answer. Without
+    /// `--requests`, pipeline until the ring fails (the peer-death test):
+    /// print `ring front flowing` once answers come, and exit with the
+    /// ring's error.
     RingFront {
         #[arg(long)]
         peer: u16,
         #[arg(long, default_value_t = 1)]
         pages: usize,
         #[arg(long)]
-        requests: u64,
+        requests: Option<u64>,
     },
     /// Ring backend: map the offered ring and answer with the echo backend
     /// until the frontend closes.
@@ -398,7 +401,7 @@ mod ring_roles {
     use std::io::Write;
     use std::time::Instant;
 
-    use anyhow::{bail, Result};
+    use anyhow::{bail, Context, Result};
     use futures::{SinkExt, StreamExt};
     use xenring::platform::Platform;
     use xenring::ring::echo::{serve_echo, Msg64};
@@ -437,7 +440,11 @@ mod ring_roles {
         }
     }
 
-    async fn front(dom: &SimDomain, peer: u16, pages: usize, requests: u64) -> Result<()> {
+    /// Answers checked before an endless frontend says it is flowing.
+    const FLOWING_AFTER: u64 = 10_000;
+
+    async fn front(dom: &SimDomain, peer: u16, pages: usize, limit: Option<u64>) -> Result<()> {
+        let requests = limit.unwrap_or(u64::MAX);
         let (client, ep) = RingClient::<Msg64, Msg64>::share(dom, peer, pages)?;
         let offer = Offer {
             domid: dom.domid(),
@@ -460,9 +467,13 @@ mod ring_roles {
         });
         for seq in 0..requests {
             let rsp = match stream.next().await {
-                Some(r) => r?,
-                None => bail!("ring closed after {seq} responses"),
+                Some(r) => r.with_context(|| format!("ring front after {seq} responses"))?,
+                None => bail!("ring front: ring closed after {seq} responses"),
             };
+            if limit.is_none() && seq == FLOWING_AFTER {
+                println!("ring front flowing");
+                std::io::stdout().flush()?;
+            }
             if rsp.data != Msg64::answer(&Msg64::request(seq)).data {
                 bail!("response {seq} does not carry its request's data: {rsp:?}");
             }
