@@ -14,7 +14,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use xenring::platform::{Access, Platform};
@@ -22,7 +21,12 @@ use xenring::shm::{memfd, Protection, Region, PAGE_SIZE};
 use xenring::sim::selftest::{self, Offer};
 use xenring::sim::{HostConfig, SimDomain, SimHost, ENV_DOMID, ENV_SOCKET};
 
-const ROLE: &str = "XENRING_BENCH_ROLE";
+/// The helpers the benchmark programs share (machine name, child spawning).
+#[path = "transport/common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use common::{machine, spawn, ROLE};
 const ROUNDS: u32 = 100_000;
 const WARMUP: u32 = 5_000;
 
@@ -97,30 +101,6 @@ fn main() {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores")
-}
-
-fn spawn(role: &str, envs: &[(&str, String)]) -> std::process::Child {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.env(ROLE, role).stdout(Stdio::piped());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
 }
 
 fn last_ns(out: std::process::Output) -> Duration {

@@ -18,6 +18,11 @@ use xenring::xenstore::{Quotas, Xenstored, XsClient, ENV_XENSTORED_PATH};
 use xenstore_rs::tokio::XsTokio;
 use xenstore_rs::{AsyncWatch, AsyncXs};
 
+/// The helpers the benchmark programs share (machine name).
+#[path = "transport/common.rs"]
+#[allow(dead_code)]
+mod common;
+
 const N: u32 = 20_000;
 const WATCH_N: u32 = 2_000;
 
@@ -110,20 +115,7 @@ async fn main() {
     let p99 = lat[lat.len() * 99 / 100];
     let mean = lat.iter().sum::<Duration>() / WATCH_N;
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    let machine = format!(
-        "{cpu}, {} cores",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
+    let machine = common::machine();
     println!("embedded xenstored benchmarks on {machine}");
     for (name, v) in &rows {
         println!("  {name:<45} {v:>10.0}");
