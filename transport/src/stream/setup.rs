@@ -128,13 +128,7 @@ impl VchanServer {
         left_order: u16,
         right_order: u16,
     ) -> Result<VchanServer, SetupError> {
-        if platform.domid() != addr.server {
-            return Err(SetupError::WrongDomain {
-                addr,
-                domid: platform.domid(),
-                end: "server",
-            });
-        }
+        check_end(platform, addr, "server")?;
         let pf = |what| move |source| SetupError::Platform { addr, what, source };
         let chan = platform
             .alloc_unbound_port(addr.client)
@@ -279,13 +273,7 @@ pub async fn connect(
     xs: &XsClient,
     addr: VchanAddress,
 ) -> Result<VchanStream, SetupError> {
-    if platform.domid() != addr.client {
-        return Err(SetupError::WrongDomain {
-            addr,
-            domid: platform.domid(),
-            end: "client",
-        });
-    }
+    check_end(platform, addr, "client")?;
     let xe = |what| move |source| SetupError::Xenstore { addr, what, source };
     let st = |source| SetupError::Stream { addr, source };
     let rr = wait_readable(xs, &addr.ring_ref_path())
@@ -332,13 +320,7 @@ pub fn connect_direct(
     ring_ref: GrantRef,
     port: Port,
 ) -> Result<VchanStream, SetupError> {
-    if platform.domid() != addr.client {
-        return Err(SetupError::WrongDomain {
-            addr,
-            domid: platform.domid(),
-            end: "client",
-        });
-    }
+    check_end(platform, addr, "client")?;
     let pf = |what| move |source| SetupError::Platform { addr, what, source };
     let st = |source| SetupError::Stream { addr, source };
     let chan = platform
@@ -373,4 +355,26 @@ pub fn connect_direct(
     chan.notify().map_err(pf("waking the server"))?;
     tracing::debug!(%addr, ring_ref, port, "vchan client connected");
     Ok(VchanStream::new(vchan, chan))
+}
+
+/// Refuses to set up `end` ("server" or "client") of `addr` from a domain
+/// that is not that end.
+fn check_end(
+    platform: &dyn Platform,
+    addr: VchanAddress,
+    end: &'static str,
+) -> Result<(), SetupError> {
+    let want = if end == "server" {
+        addr.server
+    } else {
+        addr.client
+    };
+    if platform.domid() != want {
+        return Err(SetupError::WrongDomain {
+            addr,
+            domid: platform.domid(),
+            end,
+        });
+    }
+    Ok(())
 }
