@@ -11,6 +11,7 @@
 //! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
 //! | [`sim`] | the simulated Xen host and its domain-side client |
 //! | [`stream`] | the sans-IO vchan byte ring (libxenvchan layout and notify bits), server and client ends |
+//! | [`xenbus`] | the XenBus device handshake: state machines, helpers, device nodes |
 //! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
 #![deny(missing_docs)]
 
@@ -21,4 +22,5 @@ pub mod ring;
 pub mod shm;
 pub mod sim;
 pub mod stream;
+pub mod xenbus;
 pub mod xenstore;

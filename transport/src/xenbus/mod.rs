@@ -1,0 +1,2 @@
+//! XenBus: the device handshake over XenStore.
+pub mod machine;
