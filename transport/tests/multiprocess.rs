@@ -1,6 +1,7 @@
 //! The simulated host across processes: the `xenring-sim` daemon and
 //! launcher, two domain processes sharing, mapping and ping-ponging 10,000
-//! events, and a domain process killed with SIGKILL.
+//! events, a domain process killed with SIGKILL, and a created domain that
+//! outlives a killed process and takes a new one.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -186,7 +187,7 @@ fn the_daemon_serves_exec_smoke_report_and_destroy() {
     let out = sim(&socket).args(["report", "--check"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout)
-        .contains("domain 3 (Running): 1 frames owned, 1 grants valid"));
+        .contains("domain 3 (Running, 1 session): 1 frames owned, 1 grants valid"));
     // Destroying it ends its process's connection; the host is clean again.
     assert!(sim(&socket)
         .args(["destroy", "--domid", "3"])
@@ -206,6 +207,110 @@ fn the_daemon_serves_exec_smoke_report_and_destroy() {
     .unwrap();
     assert!(daemon.wait().unwrap().success());
     assert!(!socket.exists(), "the daemon removes its socket");
+}
+
+/// Polls the report until `done` holds (within 10 s), then returns it.
+fn wait_for(host: &SimHost, done: impl Fn(&HostReport) -> bool) -> HostReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = host.report();
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "not reached: {r}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The toolstack case (issue 5): `xenring-sim create` makes domain 5; a
+/// process in it is SIGKILLed while a peer maps its page (the peer hears of
+/// it through the unmap notification); domain 5 lives on, idle and clean;
+/// a second process joins it and works; `destroy` ends it.
+#[test]
+fn a_created_domain_outlives_a_killed_process_and_takes_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default()).unwrap();
+    let socket = host.control_path().to_path_buf();
+    let out = sim(&socket)
+        .args(["create", "--domid", "5"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = sim(&socket)
+        .args(["create", "--domid", "5"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("domain 5 already exists"), "{err}");
+
+    let mut first = domain(
+        &socket,
+        5,
+        &["sharer", "--peer=0", "--pages=1", "--rounds=0", "--linger"],
+    );
+    let (_, line, _out) = read_offer(&mut first);
+    let outlive = domain(&socket, 0, &["outlive", &format!("--offer={line}")]);
+    wait_for(&host, |r| {
+        r.domain(5).is_some_and(|d| d.grants_mapped_by_peers == 1)
+    });
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let out = finish(outlive, "domain 0 (outlives the process)");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("notified: domain 5 is gone"));
+    let r = wait_for(&host, |r| {
+        r.domain(0).is_none() && r.domain(5).is_some_and(|d| d.sessions == 0)
+    });
+    let d5 = r.domain(5).unwrap();
+    assert!(d5.persistent && d5.state == xenring::sim::DomainState::Running);
+    r.assert_clean();
+
+    let out = sim(&socket).arg("domains").output().unwrap();
+    assert!(out.status.success());
+    let table: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(
+        table,
+        [
+            ["DOMID", "STATE", "KIND", "SESSIONS"],
+            ["5", "running", "persistent", "0"]
+        ]
+    );
+
+    // A restarted process joins domain 5 and works with its peer.
+    let mut second = domain(
+        &socket,
+        5,
+        &["sharer", "--peer=0", "--pages=2", "--rounds=1000"],
+    );
+    let (offer, line, _out) = read_offer(&mut second);
+    assert_eq!(offer.domid, 5);
+    let mapper = domain(
+        &socket,
+        0,
+        &["mapper", &format!("--offer={line}"), "--rounds=1000"],
+    );
+    let out = finish(mapper, "domain 0 (mapper)");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rounds=1000"));
+    finish(second, "domain 5 (second process)");
+    let r = wait_for(&host, |r| r.domains.len() == 1);
+    assert_eq!(r.domain(5).unwrap().sessions, 0);
+    r.assert_clean();
+
+    assert!(sim(&socket)
+        .args(["destroy", "--domid", "5"])
+        .status()
+        .unwrap()
+        .success());
+    let report = settled(|| host.report());
+    assert!(report.domains.is_empty(), "domains left: {report}");
+    report.assert_clean();
 }
 
 #[test]

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! xenring-sim run                       # the host, as a daemon (until SIGINT/SIGTERM)
-//! xenring-sim exec --domid N -- CMD     # run CMD as domain N of that host (XENSTORED_PATH set)
+//! xenring-sim create --domid N          # create a persistent domain (no process in it yet)
+//! xenring-sim exec --domid N -- CMD     # run CMD in domain N of that host (XENSTORED_PATH set)
+//! xenring-sim domains                   # list domains: state, persistent or not, sessions
 //! xenring-sim report [--check]          # what each domain still holds
-//! xenring-sim destroy --domid N         # destroy a domain
+//! xenring-sim destroy --domid N         # destroy a domain and every process's session in it
 //! xenring-sim smoke                     # two domain processes share, map and ping-pong
 //! ```
 //!
@@ -22,7 +24,8 @@ use clap::{Parser, Subcommand};
 use xenring::platform::Platform;
 use xenring::sim::selftest::{self, Offer};
 use xenring::sim::{
-    default_socket_path, HostConfig, SimAdmin, SimDomain, SimHost, ENV_DOMID, ENV_SOCKET,
+    default_socket_path, DomainState, HostConfig, HostReport, SimAdmin, SimDomain, SimHost,
+    ENV_DOMID, ENV_SOCKET,
 };
 use xenring::xenstore::ENV_XENSTORED_PATH;
 
@@ -51,8 +54,18 @@ enum Cmd {
         #[arg(long, default_value_t = HostConfig::default().gnttab_entries)]
         gnttab_entries: u32,
     },
-    /// Run a command as a domain of the host (with XENRING_SIM_SOCKET,
-    /// XENRING_DOMID and XENSTORED_PATH set for it).
+    /// Create a persistent domain: it exists (and is in XenStore) with no
+    /// process in it, processes join it with `exec` and may die and be
+    /// restarted; it lives until `destroy`.
+    Create {
+        /// The domain.
+        #[arg(long)]
+        domid: u16,
+    },
+    /// Run a command in a domain of the host (with XENRING_SIM_SOCKET,
+    /// XENRING_DOMID and XENSTORED_PATH set for it): it joins the domain as
+    /// one more session, creating the domain if it does not exist (then
+    /// the domain goes when its last process does).
     Exec {
         /// The domain id it joins as.
         #[arg(long)]
@@ -61,13 +74,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// List the domains: id, state, persistent or implicit, sessions.
+    Domains,
     /// Print what every domain still holds.
     Report {
         /// Exit with status 1 if anything is held.
         #[arg(long)]
         check: bool,
     },
-    /// Destroy a domain as if its process had died.
+    /// Destroy a domain: every session in it ends (its processes' calls
+    /// fail from then on) and what they held is released.
     Destroy {
         /// The domain.
         #[arg(long)]
@@ -205,12 +221,24 @@ fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
                 .exec();
             bail!("cannot run {:?}: {err}", command[0])
         }
+        Cmd::Create { domid } => {
+            admin(socket)?.create_domain(domid)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Domains => {
+            let report = admin(socket)?.report()?;
+            print!("{}", domain_table(&report));
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Report { check } => {
             let report = admin(socket)?.report()?;
             print!("{report}");
             let leaks = report.leaks();
             if check && !leaks.is_empty() {
-                eprintln!("xenring-sim: {} domains hold resources", leaks.len());
+                eprintln!(
+                    "xenring-sim: {} leaks (domains holding resources, orphaned frames)",
+                    leaks.len()
+                );
                 return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
@@ -222,6 +250,27 @@ fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
         Cmd::Smoke { rounds, pages } => smoke(given, rounds, pages),
         Cmd::Domain { role } => domain(role),
     }
+}
+
+/// `xenring-sim domains`: one line per domain under a header.
+fn domain_table(report: &HostReport) -> String {
+    let mut out = format!(
+        "{:<6} {:<8} {:<11} {}\n",
+        "DOMID", "STATE", "KIND", "SESSIONS"
+    );
+    for d in &report.domains {
+        let state = match d.state {
+            DomainState::Running => "running",
+            DomainState::Dying => "dying",
+        };
+        let kind = if d.persistent {
+            "persistent"
+        } else {
+            "implicit"
+        };
+        out += &format!("{:<6} {state:<8} {kind:<11} {}\n", d.domid, d.sessions);
+    }
+    out
 }
 
 fn domain(role: Role) -> Result<ExitCode> {
@@ -358,21 +407,25 @@ fn smoke(given: Option<PathBuf>, rounds: u32, pages: usize) -> Result<ExitCode> 
         mean.as_secs_f64() * 1e6
     );
     let admin = admin(&socket)?;
+    // Our two processes' domains go with them, unless a toolstack created
+    // them (persistent domains stay, idle).
+    let ours_left = |r: &HostReport| -> Vec<u16> {
+        r.domains
+            .iter()
+            .filter(|d| d.domid <= 1 && !(d.persistent && d.sessions == 0))
+            .map(|d| d.domid)
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
     let report = loop {
         let r = admin.report()?;
-        if r.domains.is_empty() || Instant::now() > deadline {
+        if ours_left(&r).is_empty() || Instant::now() > deadline {
             break r;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     let leaks = report.leaks();
-    let left: Vec<u16> = report
-        .domains
-        .iter()
-        .filter(|d| d.domid <= 1)
-        .map(|d| d.domid)
-        .collect();
+    let left = ours_left(&report);
     if !left.is_empty() {
         bail!("the host still has domains {left:?} after their processes exited:\n{report}");
     }

@@ -4,6 +4,10 @@
 //!
 //! Invariants:
 //! * references 0..[`GNTTAB_NR_RESERVED_ENTRIES`] are never handed out;
+//! * a table made with [`GrantTable::with_ranges`] hands out only references
+//!   of the ranges given to it with [`GrantTable::add_range`] (several users
+//!   of one grant table, such as the processes of one domain, each own
+//!   disjoint ranges);
 //! * a reference is allocated to one user at a time, and is only returned to
 //!   the free list once its entry is invalid (type `GTF_invalid`);
 //! * every access to an entry's words is atomic (see [`super::entry`]).
@@ -25,11 +29,21 @@ pub const ENTRY_SIZE: usize = 8;
 /// Errors of grant-table operations; each names the reference.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
-    /// No free reference is left.
+    /// No free reference is left (in this table's ranges, for a table made
+    /// with [`GrantTable::with_ranges`]).
     #[error("grant table full: all {capacity} references are in use")]
     Full {
         /// Number of entries in the table.
         capacity: u32,
+    },
+    /// A range given to [`GrantTable::add_range`] is empty, beyond the
+    /// table, or overlaps one it has already.
+    #[error("grant reference range {lo}..{hi} is empty, outside the table or already added")]
+    BadRange {
+        /// First reference of the range.
+        lo: GrantRef,
+        /// One past the last.
+        hi: GrantRef,
     },
     /// The reference is reserved or beyond the table.
     #[error("grant reference {0} is reserved or outside the table")]
@@ -68,6 +82,8 @@ pub fn entry_cells(region: &Region, gref: GrantRef) -> Option<(&AtomicU32, &Atom
 struct Refs {
     free: Vec<GrantRef>,
     allocated: Vec<bool>,
+    /// The ranges handed out from, `lo..hi`.
+    ranges: Vec<(GrantRef, GrantRef)>,
 }
 
 /// The guest side of a grant table over a shared region.
@@ -82,16 +98,52 @@ impl GrantTable {
     /// A table over `region` (its length / 8 entries). The region's entries
     /// must all be invalid (a new table is zeroed).
     pub fn new(region: Region) -> GrantTable {
+        let t = GrantTable::with_ranges(region);
+        let capacity = t.capacity;
+        if capacity > GNTTAB_NR_RESERVED_ENTRIES {
+            t.add_range(GNTTAB_NR_RESERVED_ENTRIES, capacity)
+                .expect("the whole table is one valid range");
+        }
+        t
+    }
+
+    /// A table over `region` that hands out no reference until ranges are
+    /// added with [`GrantTable::add_range`] (a process that shares its
+    /// domain's grant table with other processes owns only some ranges).
+    pub fn with_ranges(region: Region) -> GrantTable {
         let capacity = (region.len() / ENTRY_SIZE) as u32;
-        let free = (GNTTAB_NR_RESERVED_ENTRIES..capacity).rev().collect();
         GrantTable {
             region,
             capacity,
             refs: Mutex::new(Refs {
-                free,
+                free: Vec::new(),
                 allocated: vec![false; capacity as usize],
+                ranges: Vec::new(),
             }),
         }
+    }
+
+    /// Adds references `lo..hi` (reserved ones left out) to those this
+    /// table hands out. Their entries must be invalid. Refused if the range
+    /// is empty, goes beyond the table or overlaps one added before.
+    pub fn add_range(&self, lo: GrantRef, hi: GrantRef) -> Result<(), GrantError> {
+        let lo = lo.max(GNTTAB_NR_RESERVED_ENTRIES);
+        let mut refs = self.refs.lock().expect("grant refs lock");
+        if lo >= hi || hi > self.capacity || refs.ranges.iter().any(|&(l, h)| lo < h && l < hi) {
+            return Err(GrantError::BadRange { lo, hi });
+        }
+        refs.ranges.push((lo, hi));
+        // Newer ranges go under the older free refs; each range is handed
+        // out lowest first.
+        let old = std::mem::take(&mut refs.free);
+        refs.free = (lo..hi).rev().chain(old).collect();
+        Ok(())
+    }
+
+    /// The ranges this table hands out references from, in the order they
+    /// were added.
+    pub fn ranges(&self) -> Vec<(GrantRef, GrantRef)> {
+        self.refs.lock().expect("grant refs lock").ranges.clone()
     }
 
     /// Number of entries, reserved ones included.
@@ -262,6 +314,39 @@ mod tests {
         assert_eq!(t.allocate(), Err(GrantError::Full { capacity: 512 }));
         t.release(got[3]).unwrap();
         assert_eq!(t.allocate(), Ok(got[3]));
+    }
+
+    #[test]
+    fn a_table_with_ranges_hands_out_only_its_ranges() {
+        let t = GrantTable::with_ranges(Region::anonymous(2 * PAGE_SIZE).unwrap());
+        assert_eq!(t.capacity(), 1024);
+        assert_eq!(t.allocate(), Err(GrantError::Full { capacity: 1024 }));
+        t.add_range(512, 1024).unwrap();
+        assert_eq!(t.allocate(), Ok(512));
+        // Reserved refs are left out of the first range.
+        t.add_range(0, 512).unwrap();
+        assert_eq!(t.ranges(), vec![(512, 1024), (8, 512)]);
+        let mut got = vec![512];
+        while let Ok(r) = t.allocate() {
+            got.push(r);
+        }
+        assert_eq!(got.len(), 1024 - 8);
+        assert_eq!(&got[..3], &[512, 513, 514], "the older range first");
+        assert_eq!(got[512], 8);
+        assert!(got.iter().all(|r| *r >= 8));
+        for (lo, hi) in [(600, 700), (0, 8), (8, 8), (1000, 1025), (2000, 3000)] {
+            assert!(
+                matches!(t.add_range(lo, hi), Err(GrantError::BadRange { .. })),
+                "{lo}..{hi}"
+            );
+        }
+        // A ref outside the ranges cannot be used through this table.
+        let t2 = GrantTable::with_ranges(Region::anonymous(2 * PAGE_SIZE).unwrap());
+        t2.add_range(512, 1024).unwrap();
+        assert_eq!(
+            t2.grant_access(9, 1, 1, false),
+            Err(GrantError::NotAllocated(9))
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use super::report::HostReport;
 use super::wire::{Reply, Request};
 use crate::platform::{DomId, Result};
 
-/// An administrator's connection to the host: reports and domain
-/// destruction, for tools and tests in other processes.
+/// An administrator's connection to the host (a toolstack): reports,
+/// domain creation and destruction, for tools and tests in other processes.
 #[derive(Debug)]
 pub struct SimAdmin {
     conn: OwnedFd,
@@ -34,7 +34,17 @@ impl SimAdmin {
         }
     }
 
-    /// Destroys a domain.
+    /// Creates a persistent domain `domid`, with no session: processes
+    /// join it later and may come and go; it lives until destroyed.
+    /// Refused (`EEXIST`, "domain N already exists") if it exists.
+    pub fn create_domain(&self, domid: DomId) -> Result<()> {
+        match call_on(&self.conn, &Request::CreateDomain { domid })?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(reply_error(other)),
+        }
+    }
+
+    /// Destroys a domain and all its sessions.
     pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
         match call_on(&self.conn, &Request::Destroy { domid })?.0 {
             Reply::Ok => Ok(()),

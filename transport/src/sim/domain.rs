@@ -1,25 +1,32 @@
 //! The domain side of the simulated host: [`SimDomain`] implements
-//! [`Platform`] for a process (or a task in a test) that joined the host as
-//! one domain.
+//! [`Platform`] for a process (or a task in a test) that joined a domain of
+//! the host: one session of that domain (a domain may have several).
 //!
 //! Granting is done here, in the domain's own grant table (shared memory the
-//! host also maps), by the seed's rules; no host call is needed. Mapping,
-//! copying, transferring and port management are host calls over the control
-//! socket. Notifications go straight to the peer's eventfd.
+//! host also maps), by the seed's rules; no host call is needed, except to
+//! get one more chunk of references when the session's chunks are used up
+//! (the sessions of a domain share its table, each in its own chunks).
+//! Mapping, copying, transferring and port management are host calls over
+//! the control socket. Notifications go straight to the peer's eventfd.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use rustix::net::{connect, socket_with, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::net::{
+    connect, shutdown, socket_with, AddressFamily, Shutdown, SocketAddrUnix, SocketFlags,
+    SocketType,
+};
 
 use super::handles::{ShareState, SimChannel, SimMapping, SimPages, SimShare, SimSlot};
 use super::host::{ENV_DOMID, ENV_SOCKET};
 use super::report::HostReport;
 use super::wire::{recv_packet, send_packet, Reply, Request, WireCopy, WirePtr};
 use crate::abi::grant::GnttabStatus;
-use crate::grant::GrantTable;
+use crate::grant::{GrantError, GrantTable};
 use crate::platform::{
     Access, CopyPtr, DomId, EventChannel, ForeignMapping, GrantCopy, GrantRef, LocalPages,
     Platform, PlatformError, Port, Result, SharedPages, TransferSlot,
@@ -31,7 +38,13 @@ pub(super) struct Inner {
     pub(super) domid: DomId,
     conn: Mutex<OwnedFd>,
     pub(super) mem_fd: OwnedFd,
+    /// The domain's grant table; this session hands out only the
+    /// references of the chunks the host gave it.
     pub(super) table: GrantTable,
+    /// Held while asking the host for one more chunk.
+    refill: Mutex<()>,
+    /// Set by [`SimDomain::disconnect`]: the session is over.
+    severed: AtomicBool,
     /// Shares whose end was refused while the peer mapped them; retried.
     pub(super) deferred: Mutex<Vec<ShareState>>,
     /// Open ports and where their notifications go.
@@ -73,16 +86,42 @@ fn host_gone() -> std::io::Error {
     )
 }
 
+/// The host's last message on a connection it cut (why: the domain was
+/// destroyed, the host stopped), if there is one. Waits a little for it:
+/// the host sends it right after cutting.
+fn farewell(conn: &OwnedFd) -> Option<Reply> {
+    let mut fds = [PollFd::new(conn, PollFlags::IN)];
+    let second = Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    poll(&mut fds, Some(&second)).ok()?;
+    let (bytes, _) = recv_packet(conn.as_fd()).ok()??;
+    match Reply::decode(&bytes).ok()? {
+        r @ Reply::Errno { .. } => Some(r),
+        _ => None,
+    }
+}
+
 pub(super) fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
     let what = || format!("simulated host request {req:?}");
     let gone = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => host_gone(),
         _ => e,
     };
-    send_packet(conn.as_fd(), &req.encode(), &[]).map_err(|e| io_err(what())(gone(e)))?;
-    let (bytes, fds) = recv_packet(conn.as_fd())
-        .map_err(|e| io_err(what())(gone(e)))?
-        .ok_or_else(|| io_err(what())(host_gone()))?;
+    // A connection the host cut: its last message says why.
+    let cut = |e: std::io::Error| match farewell(conn) {
+        Some(r) => Ok((r, Vec::new())),
+        None => Err(io_err(what())(gone(e))),
+    };
+    if let Err(e) = send_packet(conn.as_fd(), &req.encode(), &[]) {
+        return cut(e);
+    }
+    let (bytes, fds) = match recv_packet(conn.as_fd()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Err(io_err(what())(host_gone())),
+        Err(e) => return Err(io_err(what())(gone(e))),
+    };
     let reply = Reply::decode(&bytes).map_err(io_err(what()))?;
     Ok((reply, fds))
 }
@@ -103,11 +142,20 @@ pub(super) fn connect_to(socket: &Path) -> Result<OwnedFd> {
 }
 
 impl SimDomain {
-    /// Joins the host at `socket` as domain `domid`.
+    /// Joins domain `domid` of the host at `socket`, as a new session of
+    /// it. A domain that does not exist is created, and destroyed when its
+    /// last session ends; a persistent one (see [`SimDomain::create_domain`])
+    /// outlives its sessions. A dying domain cannot be joined.
     pub fn connect(socket: impl AsRef<Path>, domid: DomId) -> Result<SimDomain> {
         let conn = connect_to(socket.as_ref())?;
         let (reply, mut fds) = call_on(&conn, &Request::Join { domid })?;
-        let Reply::Joined { gnttab_entries, .. } = reply else {
+        let Reply::Joined {
+            gnttab_entries,
+            refs_lo,
+            refs_hi,
+            ..
+        } = reply
+        else {
             return Err(reply_error(reply));
         };
         if fds.len() != 2 {
@@ -124,13 +172,19 @@ impl SimDomain {
             gnttab_entries as usize * crate::grant::table::ENTRY_SIZE,
             Protection::ReadWrite,
         )?;
-        tracing::debug!(domid, "joined the simulated host");
+        let table = GrantTable::with_ranges(region);
+        if refs_lo < refs_hi {
+            table.add_range(refs_lo, refs_hi)?;
+        }
+        tracing::debug!(domid, refs_lo, refs_hi, "joined the simulated host");
         Ok(SimDomain {
             inner: Arc::new(Inner {
                 domid,
                 conn: Mutex::new(conn),
                 mem_fd,
-                table: GrantTable::new(region),
+                table,
+                refill: Mutex::new(()),
+                severed: AtomicBool::new(false),
                 deferred: Mutex::new(Vec::new()),
                 ports: Mutex::new(HashMap::new()),
             }),
@@ -158,7 +212,8 @@ impl SimDomain {
         self.inner.call(req)
     }
 
-    /// This domain's grant table.
+    /// This domain's grant table (the session hands out references of its
+    /// own chunks only: [`GrantTable::ranges`]).
     pub fn grant_table(&self) -> &GrantTable {
         &self.inner.table
     }
@@ -208,9 +263,28 @@ impl SimDomain {
         self.inner.retry_deferred()
     }
 
-    /// Destroys domain `domid` (only dom0 may).
+    /// Destroys domain `domid` and all its sessions (only dom0 may).
     pub fn destroy_domain(&self, domid: DomId) -> Result<()> {
         self.inner.expect_ok(&Request::Destroy { domid })
+    }
+
+    /// Creates a persistent domain `domid`, with no session (only dom0
+    /// may): it lives until destroyed, whatever happens to the processes
+    /// that join it. Refused (`EEXIST`, "domain N already exists") if it
+    /// exists.
+    pub fn create_domain(&self, domid: DomId) -> Result<()> {
+        self.inner.expect_ok(&Request::CreateDomain { domid })
+    }
+
+    /// Ends this session as if its process had died: the connection is
+    /// shut down, the host releases what the session holds (firing its
+    /// unmap notifications), and every later host call through this handle
+    /// or its pages, mappings, ports and slots fails, as does granting.
+    /// For tests of process death inside one process.
+    pub fn disconnect(&self) {
+        self.inner.severed.store(true, Ordering::SeqCst);
+        let conn = self.inner.conn.lock().expect("conn lock");
+        let _ = shutdown(&*conn, Shutdown::Both);
     }
 
     /// [`Platform::map_grants`], returning the concrete mapping (whose
@@ -288,6 +362,38 @@ impl SimDomain {
 }
 
 impl Inner {
+    /// A free grant reference of this session, asking the host for one more
+    /// chunk of the domain's table when the session's are used up.
+    pub(super) fn allocate_ref(&self) -> Result<GrantRef> {
+        if self.severed.load(Ordering::SeqCst) {
+            return Err(PlatformError::Protocol(format!(
+                "session of domain {} is disconnected",
+                self.domid
+            )));
+        }
+        match self.table.allocate() {
+            Err(GrantError::Full { .. }) => {}
+            other => return Ok(other?),
+        }
+        let _one_refill = self.refill.lock().expect("refill lock");
+        // Another thread may have refilled while we waited.
+        if let Ok(r) = self.table.allocate() {
+            return Ok(r);
+        }
+        let (lo, hi) = match self.call(&Request::GrantChunk)?.0 {
+            Reply::Chunk { lo, hi } => (lo, hi),
+            other => return Err(reply_error(other)),
+        };
+        tracing::debug!(
+            domid = self.domid,
+            lo,
+            hi,
+            "one more chunk of grant references"
+        );
+        self.table.add_range(lo, hi)?;
+        Ok(self.table.allocate()?)
+    }
+
     pub(super) fn call(&self, req: &Request) -> Result<(Reply, Vec<OwnedFd>)> {
         let conn = self.conn.lock().expect("conn lock");
         call_on(&conn, req)
@@ -416,7 +522,7 @@ impl Platform for SimDomain {
         // On any error below, dropping `share` ends what was granted and
         // frees the frames.
         for f in &frames {
-            let gref = self.inner.table.allocate()?;
+            let gref = self.inner.allocate_ref()?;
             share.state.refs.push(gref);
             share.state.ended.push(false);
             let frame = u32::try_from(*f)
@@ -477,7 +583,7 @@ impl Platform for SimDomain {
     }
 
     fn offer_transfer_slot(&self, peer: DomId) -> Result<Box<dyn TransferSlot>> {
-        let gref = self.inner.table.allocate()?;
+        let gref = self.inner.allocate_ref()?;
         self.inner.table.offer_transfer(gref, peer)?;
         Ok(Box::new(SimSlot {
             dom: self.clone(),

@@ -1,14 +1,26 @@
-//! The simulated host as a service: a control socket where processes join as
-//! domains (or as administrators), one thread per connection, the
+//! The simulated host as a service: a control socket where processes join
+//! domains (or connect as administrators), one thread per connection, the
 //! [`Hypervisor`](super::hv) behind one lock, and the host's XenStore (an
 //! embedded [`Xenstored`] with its sockets in `xenstore/` beside the control
-//! socket): a domain is introduced when it joins and released in every path
-//! that destroys it (disconnect, destroy request, shutdown).
+//! socket): a domain is introduced when it is created and released in every
+//! path that destroys it (destroy request, the last session of an implicit
+//! domain ending, shutdown).
 //!
-//! A domain lives as long as its connection: when the process dies (or drops
-//! its [`SimDomain`](super::SimDomain)), the connection closes and the host
-//! destroys the domain, firing its unmap notifications and releasing its
-//! grants, mappings, ports and memory.
+//! Domains and sessions: a domain is made persistent by `CreateDomain`
+//! ([`SimHost::create_domain`], `xenring-sim create`), or implicitly by the
+//! first process that joins it. Each joined connection is a *session* of
+//! its domain (one process's `/dev/xen` fds); a domain may have several.
+//! When a session's connection closes (its process died, or dropped its
+//! [`SimDomain`](super::SimDomain)), the host releases what that session
+//! held: it fires its unmap notifications, drops its mappings, closes its
+//! ports, frees its pages and revokes its grants (those a peer still maps
+//! stay valid until unmapped). An implicit domain is destroyed with its
+//! last session; a persistent one lives until destroyed. Destroying a
+//! domain ends all its sessions and cuts their connections: a cut session
+//! finds a last message in its socket saying that its domain was destroyed
+//! (or that the host stopped), which its next call reports.
+//!
+//! Lock order: `hv`, then `conns`.
 //!
 //! The host runs inside any process: [`SimHost::start`] binds the socket and
 //! spawns the threads; the `xenring-sim run` daemon is a thin wrapper.
@@ -26,20 +38,21 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
-use super::hv::{HostConfig, Hypervisor};
+use super::hv::{Caller, HostConfig, Hypervisor, Left};
 use super::report::HostReport;
-use super::wire::{borrow_all, recv_packet, send_packet, Reply, Request};
-use crate::platform::libc_errno::{EINVAL, EPERM};
+use super::wire::{borrow_all, recv_packet, send_farewell, send_packet, Reply, Request};
+use crate::platform::libc_errno::{EINVAL, EPERM, ESRCH};
 use crate::xenstore::Xenstored;
 
 #[derive(Debug)]
 struct Shared {
     hv: Mutex<Hypervisor>,
     stopping: AtomicBool,
-    /// Open connections (dups), to cut them on destroy and shutdown.
-    conns: Mutex<HashMap<u64, (Option<u16>, OwnedFd)>>,
+    /// Open connections (dups) and the session each is, to cut them on
+    /// destroy and shutdown.
+    conns: Mutex<HashMap<u64, (Option<u64>, OwnedFd)>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The host's XenStore: a domain is introduced when it joins and
+    /// The host's XenStore: a domain is introduced when it is created and
     /// released when it is destroyed.
     xenstored: Xenstored,
 }
@@ -139,13 +152,20 @@ impl SimHost {
         self.shared.hv.lock().expect("hv lock").report()
     }
 
-    /// Destroys a domain as if its process had died, and cuts its
-    /// connection.
-    pub fn destroy_domain(&self, domid: u16) -> Result<(), String> {
-        destroy(&self.shared, domid)
+    /// Creates a persistent domain `domid`, with no session: processes join
+    /// it later (and may leave and join again); it lives until destroyed.
+    /// Refused with "domain N already exists" if it does.
+    pub fn create_domain(&self, domid: u16) -> Result<(), String> {
+        create(&self.shared, domid).map_err(message)
     }
 
-    /// Stops accepting, cuts every connection (destroying their domains) and
+    /// Destroys a domain: ends all its sessions (releasing what they hold)
+    /// and cuts their connections.
+    pub fn destroy_domain(&self, domid: u16) -> Result<(), String> {
+        destroy(&self.shared, domid).map_err(message)
+    }
+
+    /// Stops accepting, cuts every connection, destroys every domain and
     /// waits for the threads.
     pub fn shutdown(mut self) {
         self.stop();
@@ -160,13 +180,21 @@ impl SimHost {
             let _ = t.join();
         }
         for (_, (_, fd)) in self.shared.conns.lock().expect("conns lock").iter() {
-            let _ = shutdown(fd, Shutdown::Both);
+            let _ = shutdown(fd, Shutdown::Read);
         }
         let threads = std::mem::take(&mut *self.shared.threads.lock().expect("threads lock"));
         for t in threads {
             let _ = t.join();
         }
-        // Every domain is destroyed (and released) by now.
+        // Implicit domains went with their sessions; persistent ones go now.
+        {
+            let mut hv = self.shared.hv.lock().expect("hv lock");
+            for domid in hv.running() {
+                if hv.destroy(domid).is_ok() {
+                    self.shared.xenstored.release_domain(domid);
+                }
+            }
+        }
         self.shared.xenstored.stop();
         let _ = std::fs::remove_file(&self.path);
     }
@@ -178,18 +206,30 @@ impl Drop for SimHost {
     }
 }
 
-fn destroy(shared: &Shared, domid: u16) -> Result<(), String> {
-    {
-        let mut hv = shared.hv.lock().expect("hv lock");
-        hv.destroy(domid).map_err(|r| match r {
-            Reply::Errno { message, .. } | Reply::Status { message, .. } => message,
-            other => format!("{other:?}"),
-        })?;
-        shared.xenstored.release_domain(domid);
+fn message(r: Reply) -> String {
+    match r {
+        Reply::Errno { message, .. } | Reply::Status { message, .. } => message,
+        other => format!("{other:?}"),
     }
-    for (d, fd) in shared.conns.lock().expect("conns lock").values() {
-        if *d == Some(domid) {
-            let _ = shutdown(fd, Shutdown::Both);
+}
+
+fn create(shared: &Shared, domid: u16) -> Result<(), Reply> {
+    let mut hv = shared.hv.lock().expect("hv lock");
+    hv.create_domain(domid)?;
+    shared.xenstored.introduce_domain(domid);
+    Ok(())
+}
+
+fn destroy(shared: &Shared, domid: u16) -> Result<(), Reply> {
+    let mut hv = shared.hv.lock().expect("hv lock");
+    let sessions = hv.destroy(domid)?;
+    shared.xenstored.release_domain(domid);
+    // Cut the sessions' connections: their threads see end of file, send
+    // the farewell and close. (Under the hv lock, so that a session that
+    // joins meanwhile is tagged already and not cut by mistake.)
+    for (s, fd) in shared.conns.lock().expect("conns lock").values() {
+        if s.is_some_and(|s| sessions.contains(&s)) {
+            let _ = shutdown(fd, Shutdown::Read);
         }
     }
     Ok(())
@@ -245,7 +285,7 @@ fn accept_loop(listener: OwnedFd, shared: Arc<Shared>) {
 enum Role {
     None,
     Admin,
-    Domain(u16),
+    Domain(Caller),
 }
 
 fn serve(id: u64, conn: OwnedFd, shared: Arc<Shared>) {
@@ -275,14 +315,26 @@ fn serve(id: u64, conn: OwnedFd, shared: Arc<Shared>) {
         }
     }
     shared.conns.lock().expect("conns lock").remove(&id);
-    if let Role::Domain(domid) = role {
+    let mut farewell = None;
+    if let Role::Domain(c) = role {
         let mut hv = shared.hv.lock().expect("hv lock");
-        // Already destroyed by an administrator, or destroyed now: its
-        // process is gone.
-        match hv.destroy(domid) {
-            Ok(()) => shared.xenstored.release_domain(domid),
-            Err(r) => tracing::debug!(domid, ?r, "domain already gone at disconnect"),
+        match hv.leave(c.domid, c.session) {
+            Left::Destroyed => shared.xenstored.release_domain(c.domid),
+            Left::Stays => {}
+            // Cut by a destroy: say so to the session's next call.
+            Left::Gone => farewell = Some(format!("domain {} has been destroyed", c.domid)),
         }
+    }
+    if shared.stopping.load(Ordering::SeqCst) {
+        farewell = Some("the simulated host has stopped".into());
+    }
+    if let Some(message) = farewell {
+        let last = Reply::Errno {
+            errno: ESRCH,
+            message,
+        };
+        // The peer may be gone already: nothing to tell then.
+        let _ = send_farewell(conn.as_fd(), &last.encode());
     }
 }
 
@@ -296,55 +348,59 @@ fn perm(message: String) -> (Reply, Vec<OwnedFd>) {
     )
 }
 
+fn errno_answer(r: Result<(), Reply>) -> (Reply, Vec<OwnedFd>) {
+    (r.err().unwrap_or(Reply::Ok), Vec::new())
+}
+
+fn join(shared: &Shared, id: u64, role: &mut Role, domid: u16) -> (Reply, Vec<OwnedFd>) {
+    let mut hv = shared.hv.lock().expect("hv lock");
+    let j = match hv.join(domid) {
+        Ok(j) => j,
+        Err(r) => return (r, Vec::new()),
+    };
+    if j.created {
+        shared.xenstored.introduce_domain(domid);
+    }
+    *role = Role::Domain(Caller {
+        domid,
+        session: j.session,
+    });
+    if let Some(c) = shared.conns.lock().expect("conns lock").get_mut(&id) {
+        c.0 = Some(j.session);
+    }
+    (
+        Reply::Joined {
+            gnttab_entries: j.gnttab_entries,
+            machine_frames: j.machine_frames,
+            refs_lo: j.refs.0,
+            refs_hi: j.refs.1,
+        },
+        vec![j.mem_fd, j.gnttab_fd],
+    )
+}
+
+fn xenstore_path(shared: &Shared, domid: u16) -> (Reply, Vec<OwnedFd>) {
+    let reply = match shared.xenstored.socket_path(domid) {
+        Ok(p) => match p.into_os_string().into_string() {
+            Ok(path) => Reply::Path { path },
+            Err(p) => Reply::Errno {
+                errno: EINVAL,
+                message: format!("xenstore socket path {p:?} is not UTF-8"),
+            },
+        },
+        Err(e) => Reply::Errno {
+            errno: e.raw_os_error().unwrap_or(EINVAL),
+            message: format!("xenstore socket of domain {domid}: {e}"),
+        },
+    };
+    (reply, Vec::new())
+}
+
 fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Vec<OwnedFd>) {
+    let dom0 = matches!(role, Role::Admin) || matches!(role, Role::Domain(c) if c.domid == 0);
     let me = match (&*role, &req) {
-        (_, Request::XenstorePath { domid }) => {
-            return match shared.xenstored.socket_path(*domid) {
-                Ok(p) => match p.into_os_string().into_string() {
-                    Ok(path) => (Reply::Path { path }, Vec::new()),
-                    Err(p) => (
-                        Reply::Errno {
-                            errno: EINVAL,
-                            message: format!("xenstore socket path {p:?} is not UTF-8"),
-                        },
-                        Vec::new(),
-                    ),
-                },
-                Err(e) => (
-                    Reply::Errno {
-                        errno: e.raw_os_error().unwrap_or(EINVAL),
-                        message: format!("xenstore socket of domain {domid}: {e}"),
-                    },
-                    Vec::new(),
-                ),
-            };
-        }
-        (Role::None, Request::Join { domid }) => {
-            let joined = {
-                let mut hv = shared.hv.lock().expect("hv lock");
-                let j = hv.join(*domid);
-                if j.is_ok() {
-                    shared.xenstored.introduce_domain(*domid);
-                }
-                j
-            };
-            return match joined {
-                Ok(j) => {
-                    *role = Role::Domain(*domid);
-                    if let Some(c) = shared.conns.lock().expect("conns lock").get_mut(&id) {
-                        c.0 = Some(*domid);
-                    }
-                    (
-                        Reply::Joined {
-                            gnttab_entries: j.gnttab_entries,
-                            machine_frames: j.machine_frames,
-                        },
-                        vec![j.mem_fd, j.gnttab_fd],
-                    )
-                }
-                Err(r) => (r, Vec::new()),
-            };
-        }
+        (_, Request::XenstorePath { domid }) => return xenstore_path(shared, *domid),
+        (Role::None, Request::Join { domid }) => return join(shared, id, role, *domid),
         (Role::None, Request::Admin) => {
             *role = Role::Admin;
             return (Reply::Ok, Vec::new());
@@ -359,30 +415,34 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
                 Vec::new(),
             );
         }
-        (Role::Admin, Request::Destroy { domid })
-        | (Role::Domain(0), Request::Destroy { domid }) => {
-            return match destroy(shared, *domid) {
-                Ok(()) => (Reply::Ok, Vec::new()),
-                Err(message) => (
-                    Reply::Errno {
-                        errno: crate::platform::libc_errno::ESRCH,
-                        message,
-                    },
-                    Vec::new(),
-                ),
-            };
+        (_, Request::Destroy { domid }) if dom0 => return errno_answer(destroy(shared, *domid)),
+        (_, Request::CreateDomain { domid }) if dom0 => {
+            return errno_answer(create(shared, *domid))
         }
         (Role::Admin, _) => return perm("an admin connection is not a domain".into()),
-        (Role::Domain(d), Request::Destroy { domid }) => {
+        (Role::Domain(c), Request::Destroy { domid }) => {
             return perm(format!(
-                "domain {d} may not destroy domain {domid}: only dom0 may"
+                "domain {} may not destroy domain {domid}: only dom0 may",
+                c.domid
             ));
         }
-        (Role::Domain(d), _) => *d,
+        (Role::Domain(c), Request::CreateDomain { domid }) => {
+            return perm(format!(
+                "domain {} may not create domain {domid}: only dom0 may",
+                c.domid
+            ));
+        }
+        (Role::Domain(c), _) => *c,
     };
     let mut hv = shared.hv.lock().expect("hv lock");
-    if !hv.is_running(me) {
-        return perm(format!("domain {me} has been destroyed"));
+    if !hv.session_alive(me.domid, me.session) {
+        return (
+            Reply::Errno {
+                errno: ESRCH,
+                message: format!("domain {} has been destroyed", me.domid),
+            },
+            Vec::new(),
+        );
     }
     let plain = |r: Reply| (r, Vec::new());
     match req {
@@ -403,10 +463,12 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
         Request::ClosePort { port } => plain(hv.close_port(me, port)),
         Request::AddNotify(n) => plain(hv.add_notify(me, n)),
         Request::FireNotify { id } => plain(hv.fire(me, id)),
+        Request::GrantChunk => plain(hv.grant_chunk(me)),
         Request::Join { .. }
         | Request::Admin
         | Request::Report
         | Request::Destroy { .. }
+        | Request::CreateDomain { .. }
         | Request::XenstorePath { .. } => {
             unreachable!("handled above")
         }

@@ -3,14 +3,30 @@
 //! the domain, which writes it by the seed's rules), active grant pins,
 //! mappings, event-channel ports and unmap notifications.
 //!
+//! A domain is separate from the processes in it. Each process that joins
+//! a domain opens a *session* of it (as a Linux process opens
+//! `/dev/xen/{gntalloc,gntdev,evtchn}`): what the process allocates, maps,
+//! binds or registers belongs to its session, and is released when the
+//! session ends ([`sessions`] has the life cycle). The grant table belongs
+//! to the domain; its references are handed to sessions in chunks of
+//! [`CHUNK`] entries so that the sessions of one domain never collide.
+//!
 //! Invariants (checked by the tests and visible in the report):
-//! * a frame has at most one owner; a frame whose owner died while others
-//!   still mapped it is an orphan, freed at its last unmap;
+//! * a frame has at most one owner (a domain, and the session in it that
+//!   allocated or received it); a frame whose owner died while others still
+//!   mapped it is an orphan, freed at its last unmap;
 //! * an entry of a grant table has `GTF_reading` set iff some mapping pins
 //!   it, and `GTF_writing` iff some writable mapping pins it;
+//! * a chunk of a grant table is free, owned by one live session, or
+//!   draining (its session ended while peers still mapped some entries):
+//!   every entry of a free chunk is invalid, and a draining chunk's entries
+//!   are cleared one by one at their last unmap;
 //! * two bound ports hold each other's eventfds crossed (my `send` is the
 //!   peer's `recv`), so notifications go straight from process to process;
 //!   an unbound port keeps both eventfds so that a later bind reuses them.
+
+mod events;
+mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,20 +35,26 @@ use std::sync::Arc;
 use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{fallocate, FallocateFlags};
 
-use super::report::{DomainReport, DomainState, HostReport};
+use super::report::DomainState;
 use super::wire::{NotifySpec, Reply, WireCopy, WirePtr};
-use crate::abi::grant::{GnttabStatus, GTF_TYPE_MASK};
-use crate::grant::entry::{self, hv_pin, hv_transfer_commit, hv_transfer_complete, hv_unpin};
-use crate::grant::table::{entry_cells, ENTRY_SIZE};
-use crate::platform::libc_errno::{EEXIST, EINVAL, ENOSPC, ESRCH};
+use crate::abi::grant::GnttabStatus;
+use crate::grant::entry::{hv_pin, hv_transfer_commit, hv_transfer_complete, hv_unpin};
+use crate::grant::table::entry_cells;
 use crate::shm::{memfd, Protection, Region, PAGE_SIZE};
+
+pub(crate) use sessions::Left;
+
+/// Entries of a grant table handed to a session at a time: one grant-table
+/// frame's worth.
+pub const CHUNK: u32 = 512;
 
 /// Sizes of the simulated machine.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     /// Machine memory in 4 KiB frames (sparse: only used frames cost memory).
     pub machine_frames: u64,
-    /// Entries in each domain's grant table (a multiple of 512).
+    /// Entries in each domain's grant table (a multiple of 512; each process
+    /// of a domain is handed 512 at a time).
     pub gnttab_entries: u32,
     /// Highest port number + 1 per domain.
     pub max_ports: u32,
@@ -51,9 +73,20 @@ impl Default for HostConfig {
     }
 }
 
+/// Who makes a call: a session of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The domain.
+    pub domid: u16,
+    /// The session (unique on the host, never reused).
+    pub session: u64,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct FrameInfo {
     owner: Option<u16>,
+    /// The session of `owner` the frame belongs to.
+    session: u64,
     maps: u32,
     orphan: bool,
 }
@@ -66,6 +99,7 @@ struct Active {
 
 #[derive(Debug)]
 struct MapRec {
+    session: u64,
     granter: u16,
     refs: Vec<u32>,
     frames: Vec<u64>,
@@ -80,29 +114,52 @@ enum PortState {
 
 #[derive(Debug)]
 struct PortRec {
+    session: u64,
     state: PortState,
     recv: Arc<OwnedFd>,
     send: Arc<OwnedFd>,
 }
 
 #[derive(Debug)]
+struct NotifyRec {
+    session: u64,
+    spec: NotifySpec,
+}
+
+/// Who holds a chunk of a grant table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Nobody; every entry is invalid.
+    Free,
+    /// A live session.
+    Owned(u64),
+    /// Its session ended while peers mapped some of its entries; each is
+    /// cleared at its last unmap, and the chunk is free once none is left.
+    Draining,
+}
+
+/// One process's hold on a domain.
+#[derive(Debug, Default)]
+struct Session {
+    /// Indexes of the grant-table chunks it owns.
+    chunks: Vec<u32>,
+}
+
+#[derive(Debug)]
 struct Domain {
     state: DomainState,
+    /// Made by `CreateDomain`: lives until destroyed. Otherwise made by a
+    /// join, and destroyed when its last session ends.
+    persistent: bool,
+    gnttab_fd: OwnedFd,
     gnttab: Region,
     active: HashMap<u32, Active>,
     frames_owned: u64,
     mappings: HashMap<u64, MapRec>,
     ports: BTreeMap<u32, PortRec>,
-    notifies: HashMap<u64, NotifySpec>,
-}
-
-/// What a join hands the domain: machine memory and its grant table.
-#[derive(Debug)]
-pub(crate) struct Joined {
-    pub mem_fd: OwnedFd,
-    pub gnttab_fd: OwnedFd,
-    pub gnttab_entries: u32,
-    pub machine_frames: u64,
+    notifies: HashMap<u64, NotifyRec>,
+    sessions: BTreeMap<u64, Session>,
+    chunks: Vec<Chunk>,
 }
 
 /// A reply plus fds to pass with it.
@@ -167,98 +224,6 @@ impl Hypervisor {
         self.next_id
     }
 
-    pub fn is_running(&self, domid: u16) -> bool {
-        self.domains
-            .get(&domid)
-            .is_some_and(|d| d.state == DomainState::Running)
-    }
-
-    // ------------------------------------------------------------ domains
-
-    pub fn join(&mut self, domid: u16) -> Result<Joined, Reply> {
-        if self.domains.contains_key(&domid) {
-            return Err(errno(EEXIST, format!("domain {domid} already exists")));
-        }
-        let entries = self.cfg.gnttab_entries;
-        let bytes = entries as usize * ENTRY_SIZE;
-        let io =
-            |e: crate::shm::ShmError| errno(ENOSPC, format!("grant table of domain {domid}: {e}"));
-        let gnttab_fd = memfd(&format!("xenring-sim-gnttab-{domid}"), bytes as u64).map_err(io)?;
-        let gnttab =
-            Region::map_fd(gnttab_fd.as_fd(), 0, bytes, Protection::ReadWrite).map_err(io)?;
-        let dup = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map_err(|e| errno(ENOSPC, format!("dup: {e}")))
-        };
-        let joined = Joined {
-            mem_fd: dup(&self.mem_fd)?,
-            gnttab_fd: dup(&gnttab_fd)?,
-            gnttab_entries: entries,
-            machine_frames: self.cfg.machine_frames,
-        };
-        self.domains.insert(
-            domid,
-            Domain {
-                state: DomainState::Running,
-                gnttab,
-                active: HashMap::new(),
-                frames_owned: 0,
-                mappings: HashMap::new(),
-                ports: BTreeMap::new(),
-                notifies: HashMap::new(),
-            },
-        );
-        tracing::info!(domid, "domain created");
-        Ok(joined)
-    }
-
-    /// Destroys a running domain: fires its unmap notifications, drops its
-    /// mappings, closes its ports, frees its frames (orphaning those others
-    /// still map) and keeps it as a zombie while others map its grants.
-    pub fn destroy(&mut self, domid: u16) -> Result<(), Reply> {
-        match self.domains.get(&domid) {
-            Some(d) if d.state == DomainState::Running => {}
-            _ => return Err(errno(ESRCH, format!("no running domain {domid}"))),
-        }
-        let notifies: Vec<u64> = self.domains[&domid].notifies.keys().copied().collect();
-        for id in notifies {
-            self.fire(domid, id);
-        }
-        let handles: Vec<u64> = self.domains[&domid].mappings.keys().copied().collect();
-        for h in handles {
-            let _ = self.unmap(domid, h);
-        }
-        let ports: Vec<u32> = self.domains[&domid].ports.keys().copied().collect();
-        for p in ports {
-            let _ = self.close_port(domid, p);
-        }
-        for f in 0..self.frames.len() {
-            if self.frames[f].owner == Some(domid) {
-                self.frames[f].owner = None;
-                if self.frames[f].maps == 0 {
-                    self.release_frame(f as u64);
-                } else {
-                    self.frames[f].orphan = true;
-                }
-            }
-        }
-        let d = self.domains.get_mut(&domid).expect("checked above");
-        d.frames_owned = 0;
-        d.state = DomainState::Dying;
-        self.reap(domid);
-        tracing::info!(domid, "domain destroyed");
-        Ok(())
-    }
-
-    /// Removes a dying domain once nobody maps its grants.
-    fn reap(&mut self, domid: u16) {
-        if let Some(d) = self.domains.get(&domid) {
-            if d.state == DomainState::Dying && d.active.is_empty() {
-                self.domains.remove(&domid);
-            }
-        }
-    }
-
     // ------------------------------------------------------------- frames
 
     fn release_frame(&mut self, f: u64) {
@@ -277,12 +242,26 @@ impl Hypervisor {
         self.free.push(f);
     }
 
-    pub fn alloc_pages(&mut self, domid: u16, count: u32) -> Reply {
+    /// Gives up ownership of frame `f`: freed now, or orphaned (freed at its
+    /// last unmap) while others map it.
+    fn disown_frame(&mut self, f: u64) {
+        if self.frames[f as usize].maps == 0 {
+            self.release_frame(f);
+        } else {
+            let fi = &mut self.frames[f as usize];
+            fi.owner = None;
+            fi.session = 0;
+            fi.orphan = true;
+        }
+    }
+
+    pub fn alloc_pages(&mut self, c: Caller, count: u32) -> Reply {
         if count as usize > self.free.len() {
             return status(
                 GnttabStatus::NoSpace,
                 format!(
-                    "allocate {count} pages for domain {domid}: {} free",
+                    "allocate {count} pages for domain {}: {} free",
+                    c.domid,
                     self.free.len()
                 ),
             );
@@ -291,36 +270,37 @@ impl Hypervisor {
             .map(|_| self.free.pop().expect("counted"))
             .collect();
         for f in &frames {
-            self.frames[*f as usize].owner = Some(domid);
+            let fi = &mut self.frames[*f as usize];
+            fi.owner = Some(c.domid);
+            fi.session = c.session;
         }
-        if let Some(d) = self.domains.get_mut(&domid) {
+        if let Some(d) = self.domains.get_mut(&c.domid) {
             d.frames_owned += count as u64;
         }
         Reply::Frames { frames }
     }
 
-    fn owned_by(&self, f: u64, domid: u16) -> bool {
+    /// Whether frame `f` belongs to the caller's session.
+    fn owned_by(&self, f: u64, c: Caller) -> bool {
         self.frames
             .get(f as usize)
-            .is_some_and(|i| i.owner == Some(domid))
+            .is_some_and(|i| i.owner == Some(c.domid) && i.session == c.session)
     }
 
-    pub fn free_pages(&mut self, domid: u16, frames: &[u64]) -> Reply {
-        if let Some(f) = frames.iter().find(|f| !self.owned_by(**f, domid)) {
+    pub fn free_pages(&mut self, c: Caller, frames: &[u64]) -> Reply {
+        if let Some(f) = frames.iter().find(|f| !self.owned_by(**f, c)) {
             return status(
                 GnttabStatus::BadPage,
-                format!("free frame {f:#x}: not owned by domain {domid}"),
+                format!(
+                    "free frame {f:#x}: not owned by this session of domain {}",
+                    c.domid
+                ),
             );
         }
         for f in frames {
-            if self.frames[*f as usize].maps == 0 {
-                self.release_frame(*f);
-            } else {
-                self.frames[*f as usize].owner = None;
-                self.frames[*f as usize].orphan = true;
-            }
+            self.disown_frame(*f);
         }
-        if let Some(d) = self.domains.get_mut(&domid) {
+        if let Some(d) = self.domains.get_mut(&c.domid) {
             d.frames_owned -= frames.len() as u64;
         }
         Reply::Ok
@@ -386,12 +366,16 @@ impl Hypervisor {
         if let Some((hdr, _)) = entry_cells(&g.gnttab, gref) {
             hv_unpin(hdr, last, last_writer);
         }
+        if last {
+            sessions::after_last_unpin(g, gref);
+        }
         self.reap(granter);
     }
 
     // ------------------------------------------------------------ mapping
 
-    pub fn map(&mut self, mapper: u16, granter: u16, writable: bool, refs: &[u32]) -> Reply {
+    pub fn map(&mut self, c: Caller, granter: u16, writable: bool, refs: &[u32]) -> Reply {
+        let mapper = c.domid;
         if refs.is_empty() {
             return status(
                 GnttabStatus::GeneralError,
@@ -422,6 +406,7 @@ impl Hypervisor {
         d.mappings.insert(
             handle,
             MapRec {
+                session: c.session,
                 granter,
                 refs: refs.to_vec(),
                 frames: frames.clone(),
@@ -431,7 +416,32 @@ impl Hypervisor {
         Reply::Mapped { handle, frames }
     }
 
-    pub fn unmap(&mut self, mapper: u16, handle: u64) -> Reply {
+    /// Unmaps a mapping of the caller's session.
+    pub fn unmap(&mut self, c: Caller, handle: u64) -> Reply {
+        let mine = self
+            .domains
+            .get(&c.domid)
+            .and_then(|d| d.mappings.get(&handle))
+            .map(|m| m.session == c.session);
+        match mine {
+            Some(true) => self.unmap_any(c.domid, handle),
+            Some(false) => status(
+                GnttabStatus::BadHandle,
+                format!(
+                    "unmap of handle {handle} by domain {}: not mapped by this session",
+                    c.domid
+                ),
+            ),
+            None => status(
+                GnttabStatus::BadHandle,
+                format!("unmap of handle {handle} by domain {}: not mapped", c.domid),
+            ),
+        }
+    }
+
+    /// Unmaps mapping `handle` of domain `mapper`, whichever session made
+    /// it: fires its notifications, unpins its grants, frees orphans.
+    fn unmap_any(&mut self, mapper: u16, handle: u64) -> Reply {
         let Some(d) = self.domains.get_mut(&mapper) else {
             return status(
                 GnttabStatus::BadDomain,
@@ -447,11 +457,11 @@ impl Hypervisor {
         let ids: Vec<u64> = d
             .notifies
             .iter()
-            .filter(|(_, n)| n.mapping == handle)
+            .filter(|(_, n)| n.spec.mapping == handle)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.fire(mapper, id);
+            self.fire_any(mapper, id);
         }
         let m = self
             .domains
@@ -475,7 +485,7 @@ impl Hypervisor {
 
     fn copy_side(
         &mut self,
-        me: u16,
+        c: Caller,
         p: &WirePtr,
         len: u16,
         write: bool,
@@ -485,20 +495,20 @@ impl Hypervisor {
         }
         if p.is_gref {
             let gref = u32::try_from(p.value).map_err(|_| GnttabStatus::BadGntref)?;
-            Ok((self.pin(p.domid, gref, me, write)?, true))
-        } else if self.owned_by(p.value, me) {
+            Ok((self.pin(p.domid, gref, c.domid, write)?, true))
+        } else if self.owned_by(p.value, c) {
             Ok((p.value, false))
         } else {
             Err(GnttabStatus::BadPage)
         }
     }
 
-    fn copy_one(&mut self, me: u16, op: &WireCopy) -> GnttabStatus {
-        let (src, src_pinned) = match self.copy_side(me, &op.src, op.len, false) {
+    fn copy_one(&mut self, c: Caller, op: &WireCopy) -> GnttabStatus {
+        let (src, src_pinned) = match self.copy_side(c, &op.src, op.len, false) {
             Ok(v) => v,
             Err(s) => return s,
         };
-        let result = match self.copy_side(me, &op.dst, op.len, true) {
+        let result = match self.copy_side(c, &op.dst, op.len, true) {
             Ok((dst, dst_pinned)) => {
                 let s = src as usize * PAGE_SIZE + op.src.offset as usize;
                 let d = dst as usize * PAGE_SIZE + op.dst.offset as usize;
@@ -516,18 +526,22 @@ impl Hypervisor {
         result
     }
 
-    pub fn copy(&mut self, me: u16, ops: &[WireCopy]) -> Reply {
-        let statuses = ops.iter().map(|op| self.copy_one(me, op).raw()).collect();
+    pub fn copy(&mut self, c: Caller, ops: &[WireCopy]) -> Reply {
+        let statuses = ops.iter().map(|op| self.copy_one(c, op).raw()).collect();
         Reply::Statuses { statuses }
     }
 
     // ----------------------------------------------------------- transfer
 
-    pub fn transfer(&mut self, sender: u16, frame: u64, to: u16, gref: u32) -> Reply {
+    /// Transfers the caller's `frame` into `to`'s accept-transfer entry
+    /// `gref`; the page then belongs to the session of `to` that owns the
+    /// entry's chunk.
+    pub fn transfer(&mut self, c: Caller, frame: u64, to: u16, gref: u32) -> Reply {
+        let sender = c.domid;
         let what = format!(
             "transfer of frame {frame:#x} from domain {sender} to grant {gref} of domain {to}"
         );
-        if !self.owned_by(frame, sender) || self.frames[frame as usize].maps != 0 {
+        if !self.owned_by(frame, c) || self.frames[frame as usize].maps != 0 {
             return status(GnttabStatus::BadPage, what);
         }
         // From here on the sender has lost the page, whatever happens.
@@ -536,18 +550,22 @@ impl Hypervisor {
             d.frames_owned -= 1;
         }
         let outcome = match self.domains.get_mut(&to) {
-            Some(r) if r.state == DomainState::Running => match entry_cells(&r.gnttab, gref) {
-                None => Err(GnttabStatus::BadGntref),
-                Some((hdr, fr)) => match hv_transfer_commit(hdr, sender) {
-                    Err(s) => Err(s),
-                    Ok(()) => {
-                        r.frames_owned += 1;
-                        self.frames[frame as usize].owner = Some(to);
-                        hv_transfer_complete(hdr, fr, frame as u32);
-                        Ok(())
-                    }
-                },
-            },
+            Some(r) if r.state == DomainState::Running => {
+                match (entry_cells(&r.gnttab, gref), sessions::chunk_owner(r, gref)) {
+                    (Some((hdr, fr)), Some(session)) => match hv_transfer_commit(hdr, sender) {
+                        Err(s) => Err(s),
+                        Ok(()) => {
+                            r.frames_owned += 1;
+                            let fi = &mut self.frames[frame as usize];
+                            fi.owner = Some(to);
+                            fi.session = session;
+                            hv_transfer_complete(hdr, fr, frame as u32);
+                            Ok(())
+                        }
+                    },
+                    _ => Err(GnttabStatus::BadGntref),
+                }
+            }
             _ => Err(GnttabStatus::BadDomain),
         };
         match outcome {
@@ -558,200 +576,9 @@ impl Hypervisor {
             }
         }
     }
-
-    // -------------------------------------------------------------- ports
-
-    fn free_port(&self, d: &Domain) -> Option<u32> {
-        (1..self.cfg.max_ports).find(|p| !d.ports.contains_key(p))
-    }
-
-    pub fn alloc_unbound(&mut self, me: u16, remote: u16) -> Result<Answer, Reply> {
-        let d = self
-            .domains
-            .get(&me)
-            .ok_or_else(|| errno(ESRCH, format!("no domain {me}")))?;
-        let port = self.free_port(d).ok_or_else(|| {
-            errno(
-                ENOSPC,
-                format!("domain {me} has no free event-channel port"),
-            )
-        })?;
-        let mk = || new_eventfd().map_err(|e| errno(ENOSPC, format!("eventfd: {e}")));
-        let (recv, send) = (Arc::new(mk()?), Arc::new(mk()?));
-        let fds = vec![dup(&recv)?, dup(&send)?];
-        self.domains.get_mut(&me).expect("checked").ports.insert(
-            port,
-            PortRec {
-                state: PortState::Unbound { remote },
-                recv,
-                send,
-            },
-        );
-        Ok((Reply::Port { port }, fds))
-    }
-
-    pub fn bind_interdomain(&mut self, me: u16, remote: u16, rport: u32) -> Result<Answer, Reply> {
-        let what = format!("bind of domain {me} to port {rport} of domain {remote}");
-        let r = match self.domains.get(&remote) {
-            Some(r) if r.state == DomainState::Running => r,
-            _ => return Err(errno(ESRCH, format!("{what}: no such domain"))),
-        };
-        let rp = r
-            .ports
-            .get(&rport)
-            .ok_or_else(|| errno(EINVAL, format!("{what}: port not open")))?;
-        if rp.state != (PortState::Unbound { remote: me }) {
-            return Err(errno(
-                EINVAL,
-                format!("{what}: port is not unbound for domain {me}"),
-            ));
-        }
-        let (recv, send) = (rp.send.clone(), rp.recv.clone());
-        let d = self
-            .domains
-            .get(&me)
-            .ok_or_else(|| errno(ESRCH, format!("no domain {me}")))?;
-        let port = self
-            .free_port(d)
-            .ok_or_else(|| errno(ENOSPC, format!("{what}: no free port")))?;
-        let fds = vec![dup(&recv)?, dup(&send)?];
-        self.domains.get_mut(&me).expect("checked").ports.insert(
-            port,
-            PortRec {
-                state: PortState::Interdomain {
-                    remote,
-                    port: rport,
-                },
-                recv,
-                send,
-            },
-        );
-        self.domains
-            .get_mut(&remote)
-            .expect("checked")
-            .ports
-            .get_mut(&rport)
-            .expect("checked")
-            .state = PortState::Interdomain { remote: me, port };
-        Ok((Reply::Port { port }, fds))
-    }
-
-    pub fn close_port(&mut self, me: u16, port: u32) -> Reply {
-        let Some(d) = self.domains.get_mut(&me) else {
-            return errno(ESRCH, format!("no domain {me}"));
-        };
-        let Some(rec) = d.ports.remove(&port) else {
-            return errno(
-                EINVAL,
-                format!("close of port {port} of domain {me}: not open"),
-            );
-        };
-        if let PortState::Interdomain {
-            remote,
-            port: rport,
-        } = rec.state
-        {
-            if let Some(rp) = self
-                .domains
-                .get_mut(&remote)
-                .and_then(|r| r.ports.get_mut(&rport))
-            {
-                rp.state = PortState::Unbound { remote: me };
-            }
-        }
-        Reply::Ok
-    }
-
-    // ------------------------------------------------------------ notifies
-
-    pub fn add_notify(&mut self, me: u16, n: NotifySpec) -> Reply {
-        let NotifySpec {
-            mapping,
-            frame,
-            offset,
-            ..
-        } = n;
-        let frame_ok = if mapping == 0 {
-            self.owned_by(frame, me)
-        } else {
-            self.domains
-                .get(&me)
-                .and_then(|d| d.mappings.get(&mapping))
-                .is_some_and(|m| m.frames.contains(&frame))
-        };
-        if !frame_ok || offset as usize >= PAGE_SIZE {
-            return status(
-                GnttabStatus::BadPage,
-                format!("unmap notification on frame {frame:#x} offset {offset}: not a page of this share or mapping"),
-            );
-        }
-        let id = self.id();
-        let d = self.domains.get_mut(&me).expect("caller is connected");
-        d.notifies.insert(id, n);
-        Reply::NotifyId { id }
-    }
-
-    /// Fires and removes notification `id` of domain `me`.
-    pub fn fire(&mut self, me: u16, id: u64) -> Reply {
-        let Some(n) = self
-            .domains
-            .get_mut(&me)
-            .and_then(|d| d.notifies.remove(&id))
-        else {
-            return errno(EINVAL, format!("no unmap notification {id} in domain {me}"));
-        };
-        if n.clear {
-            let off = n.frame as usize * PAGE_SIZE + n.offset as usize;
-            // Release: what the dying side wrote before is visible to a peer
-            // that sees the byte cleared.
-            self.mem
-                .atomic_u8(off)
-                .store(0, std::sync::atomic::Ordering::Release);
-        }
-        if n.event {
-            if let Some(p) = self.domains.get(&me).and_then(|d| d.ports.get(&n.port)) {
-                signal(&p.send);
-            }
-        }
-        Reply::Ok
-    }
-
-    // ------------------------------------------------------------- report
-
-    pub fn report(&self) -> HostReport {
-        let domains = self
-            .domains
-            .iter()
-            .map(|(domid, d)| {
-                let grants_valid = (0..self.cfg.gnttab_entries)
-                    .filter(|r| {
-                        let (hdr, _) = entry_cells(&d.gnttab, *r).expect("in table");
-                        let w = hdr.load(std::sync::atomic::Ordering::Relaxed);
-                        entry::flags_of(w) & GTF_TYPE_MASK != 0
-                    })
-                    .count() as u32;
-                DomainReport {
-                    domid: *domid,
-                    state: d.state,
-                    frames_owned: d.frames_owned,
-                    grants_valid,
-                    grants_mapped_by_peers: d.active.len() as u32,
-                    mappings: d.mappings.len() as u32,
-                    mapped_pages: d.mappings.values().map(|m| m.refs.len() as u32).sum(),
-                    ports: d.ports.len() as u32,
-                    notifies: d.notifies.len() as u32,
-                }
-            })
-            .collect();
-        HostReport {
-            free_frames: self.free.len() as u64,
-            orphan_frames: self.frames.iter().filter(|f| f.orphan).count() as u64,
-            domains,
-        }
-    }
 }
 
 fn dup(fd: &Arc<OwnedFd>) -> Result<OwnedFd, Reply> {
     fd.try_clone()
-        .map_err(|e| errno(ENOSPC, format!("dup: {e}")))
+        .map_err(|e| errno(crate::platform::libc_errno::ENOSPC, format!("dup: {e}")))
 }

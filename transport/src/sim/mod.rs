@@ -3,9 +3,14 @@
 //! One host (in its own process, `xenring-sim run`, or inside a test with
 //! [`SimHost::start`]) owns machine memory (one sparse memfd), who owns each
 //! frame, one grant table per domain in shared memory, and the event-channel
-//! table. Processes join it as domains over a control socket
+//! table. Processes join its domains over a control socket
 //! ([`SimDomain::connect`], or [`SimDomain::from_env`] under
-//! `xenring-sim exec --domid N -- CMD`).
+//! `xenring-sim exec --domid N -- CMD`), each as one *session* of its
+//! domain. A domain is created by a toolstack ([`SimAdmin::create_domain`],
+//! `xenring-sim create`) and lives until destroyed, or implicitly by the
+//! first process that joins it and then lives as long as some process is
+//! in it; a process that dies takes only its own session's resources with
+//! it.
 //!
 //! ```text
 //!   domain 1 process                host process                domain 0 process
@@ -40,5 +45,7 @@ pub use report::{DomainReport, DomainState, HostReport};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sessions;
 #[cfg(test)]
 mod tests_xenstore;

@@ -1,5 +1,13 @@
 //! The simulated host's account of what each domain still holds, so that a
 //! test can end by asserting that nothing leaked.
+//!
+//! What counts as a leak: anything a domain holds (frames, valid grants,
+//! grants mapped by peers, mappings, ports, unmap notifications) and any
+//! orphaned frame. A domain itself is not a leak: a persistent domain with
+//! no session and nothing held is just idle, and the resources of a
+//! session that ended are released with it, so what a dead session left
+//! (a grant a peer still maps, an orphaned frame) shows as held until it
+//! is gone.
 
 use std::fmt;
 
@@ -7,11 +15,12 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum DomainState {
-    /// Its process is connected.
+    /// It exists: it may be joined, and its sessions (processes) work. A
+    /// persistent domain is running even with no session.
     Running = 0,
-    /// Its process is gone but other domains still map its pages: its
-    /// granted frames live on until they are unmapped (as Xen keeps a
-    /// zombie domain).
+    /// It was destroyed (or an implicit domain's last process is gone) but
+    /// other domains still map its pages: its granted frames live on until
+    /// they are unmapped (as Xen keeps a zombie domain).
     Dying = 1,
 }
 
@@ -32,6 +41,11 @@ pub struct DomainReport {
     pub domid: u16,
     /// Running or dying.
     pub state: DomainState,
+    /// Made by `create` (lives until destroyed); false for a domain made by
+    /// its first process joining (destroyed when its last session ends).
+    pub persistent: bool,
+    /// Sessions (joined processes) it has now.
+    pub sessions: u32,
     /// Machine frames it owns.
     pub frames_owned: u64,
     /// Valid entries in its grant table (granted to someone).
@@ -49,7 +63,8 @@ pub struct DomainReport {
 }
 
 impl DomainReport {
-    /// True if the domain holds nothing.
+    /// True if the domain holds nothing (whatever its sessions: an idle
+    /// persistent domain is clean).
     pub fn is_clean(&self) -> bool {
         self.frames_owned == 0
             && self.grants_valid == 0
@@ -63,12 +78,15 @@ impl DomainReport {
 
 impl fmt::Display for DomainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.persistent { ", persistent" } else { "" };
+        let plural = if self.sessions == 1 { "" } else { "s" };
         write!(
             f,
-            "domain {} ({:?}): {} frames owned, {} grants valid ({} mapped by peers), \
+            "domain {} ({:?}{kind}, {} session{plural}): {} frames owned, {} grants valid ({} mapped by peers), \
              {} mappings ({} pages), {} ports, {} unmap notifications",
             self.domid,
             self.state,
+            self.sessions,
             self.frames_owned,
             self.grants_valid,
             self.grants_mapped_by_peers,
@@ -98,7 +116,8 @@ impl HostReport {
     }
 
     /// Domains that hold anything, and orphaned frames, as lines of text;
-    /// empty if nothing leaked.
+    /// empty if nothing leaked. Domains that hold nothing are not listed,
+    /// with or without sessions.
     pub fn leaks(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .domains

@@ -536,14 +536,18 @@ async fn destroyed_domain_is_cleaned_up_and_its_peer_notified() {
 }
 
 #[test]
-fn a_domid_can_only_join_once() {
+fn joining_a_running_domain_again_opens_a_second_session() {
     let (_d, h) = host();
-    let _d1 = join(&h, 1);
-    let err = SimDomain::connect(h.control_path(), 1).unwrap_err();
-    assert!(
-        matches!(err, PlatformError::Errno { errno: 17, .. }),
-        "{err}"
-    );
+    let first = join(&h, 1);
+    let second = join(&h, 1);
+    let r = h.report();
+    let d1 = r.domain(1).unwrap();
+    assert_eq!((d1.sessions, d1.persistent), (2, false));
+    drop(first);
+    wait_until(|| h.report().domain(1).is_some_and(|d| d.sessions == 1));
+    drop(second);
+    wait_until(|| h.report().domain(1).is_none());
+    h.report().assert_clean();
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The host's xenstored follows the domains: introduced when one joins,
-//! released in every path that destroys it.
+//! The host's xenstored follows the domains: introduced when one is
+//! created (by a join or a create request), released in every path that
+//! destroys it.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -142,6 +143,30 @@ fn joining_introduces_and_every_destroy_path_releases() {
     let t = std::thread::spawn(move || h.shutdown());
     xs.wait_event("@releaseDomain/3");
     t.join().unwrap();
+}
+
+#[test]
+fn a_created_domain_is_introduced_and_outlives_its_sessions() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    h.create_domain(4).unwrap();
+    assert!(xs.introduced(4));
+    let r = xs.call(XsType::Read, &["/local/domain/4/domid"]);
+    assert_eq!(r.payload, b"4");
+    let s = SimDomain::connect(h.control_path(), 4).unwrap();
+    assert_eq!(h.report().domain(4).unwrap().sessions, 1);
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while h.report().domain(4).unwrap().sessions != 0 {
+        assert!(Instant::now() < deadline, "the session never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(xs.introduced(4), "still introduced without a session");
+    xs.call(XsType::Watch, &["@releaseDomain", "r"]);
+    xs.events.clear();
+    h.destroy_domain(4).unwrap();
+    xs.wait_event("@releaseDomain");
+    assert!(!xs.introduced(4));
 }
 
 #[test]

@@ -69,9 +69,10 @@ pub struct NotifySpec {
 /// Requests to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Join as domain `domid` (the connection is then that domain).
+    /// Join domain `domid` (created if it does not exist): the connection
+    /// is then a session of that domain.
     Join { domid: u16 },
-    /// Join as an administrator (reports, destroy); not a domain.
+    /// Join as an administrator (reports, create, destroy); not a domain.
     Admin,
     /// Allocate pages.
     AllocPages { count: u32 },
@@ -101,10 +102,14 @@ pub enum Request {
     FireNotify { id: u64 },
     /// The leak report.
     Report,
-    /// Destroy a domain (admin or dom0 only).
+    /// Destroy a domain and all its sessions (admin or dom0 only).
     Destroy { domid: u16 },
     /// The path of domain `domid`'s xenstored socket (anyone may ask).
     XenstorePath { domid: u16 },
+    /// Create a persistent domain, with no session (admin or dom0 only).
+    CreateDomain { domid: u16 },
+    /// One more chunk of the domain's grant table for this session.
+    GrantChunk,
 }
 
 /// Replies from the host.
@@ -116,10 +121,14 @@ pub enum Reply {
     Status { status: i16, message: String },
     /// An errno (event channels, domains).
     Errno { errno: i32, message: String },
-    /// Joined: fds `[machine memory, grant table]` come with it.
+    /// Joined: fds `[machine memory, grant table]` come with it; the
+    /// session may use grant references `refs_lo..refs_hi` (empty if the
+    /// table had no free chunk).
     Joined {
         gnttab_entries: u32,
         machine_frames: u64,
+        refs_lo: u32,
+        refs_hi: u32,
     },
     /// Frames.
     Frames { frames: Vec<u64> },
@@ -135,6 +144,8 @@ pub enum Reply {
     Report(HostReport),
     /// A filesystem path (UTF-8).
     Path { path: String },
+    /// A chunk of grant references, `lo..hi`, for the session.
+    Chunk { lo: u32, hi: u32 },
 }
 
 struct W(Vec<u8>);
@@ -299,6 +310,8 @@ impl Request {
             Request::Report => w.u8(13),
             Request::Destroy { domid } => w.u8(14).u16(*domid),
             Request::XenstorePath { domid } => w.u8(15).u16(*domid),
+            Request::CreateDomain { domid } => w.u8(16).u16(*domid),
+            Request::GrantChunk => w.u8(17),
         };
         w.0
     }
@@ -355,6 +368,8 @@ impl Request {
             13 => Request::Report,
             14 => Request::Destroy { domid: r.u16()? },
             15 => Request::XenstorePath { domid: r.u16()? },
+            16 => Request::CreateDomain { domid: r.u16()? },
+            17 => Request::GrantChunk,
             t => return Err(bad_tag(t)),
         };
         r.end()?;
@@ -373,7 +388,14 @@ impl Reply {
             Reply::Joined {
                 gnttab_entries,
                 machine_frames,
-            } => w.u8(3).u32(*gnttab_entries).u64(*machine_frames),
+                refs_lo,
+                refs_hi,
+            } => w
+                .u8(3)
+                .u32(*gnttab_entries)
+                .u64(*machine_frames)
+                .u32(*refs_lo)
+                .u32(*refs_hi),
             Reply::Frames { frames } => {
                 w.u8(4).u32(frames.len() as u32);
                 frames.iter().for_each(|f| {
@@ -403,6 +425,8 @@ impl Reply {
                 for d in &rep.domains {
                     w.u16(d.domid)
                         .u8(d.state as u8)
+                        .u8(d.persistent as u8)
+                        .u32(d.sessions)
                         .u64(d.frames_owned)
                         .u32(d.grants_valid)
                         .u32(d.grants_mapped_by_peers)
@@ -414,6 +438,7 @@ impl Reply {
                 &mut w
             }
             Reply::Path { path } => w.u8(10).str(path),
+            Reply::Chunk { lo, hi } => w.u8(11).u32(*lo).u32(*hi),
         };
         w.0
     }
@@ -434,6 +459,8 @@ impl Reply {
             3 => Reply::Joined {
                 gnttab_entries: r.u32()?,
                 machine_frames: r.u64()?,
+                refs_lo: r.u32()?,
+                refs_hi: r.u32()?,
             },
             4 => Reply::Frames {
                 frames: r.vec_u64()?,
@@ -454,12 +481,14 @@ impl Reply {
             9 => {
                 let free_frames = r.u64()?;
                 let orphan_frames = r.u64()?;
-                let n = r.count(35)?;
+                let n = r.count(40)?;
                 let mut domains = Vec::with_capacity(n);
                 for _ in 0..n {
                     domains.push(DomainReport {
                         domid: r.u16()?,
                         state: DomainState::from_u8(r.u8()?).ok_or_else(short)?,
+                        persistent: r.bool()?,
+                        sessions: r.u32()?,
                         frames_owned: r.u64()?,
                         grants_valid: r.u32()?,
                         grants_mapped_by_peers: r.u32()?,
@@ -476,6 +505,10 @@ impl Reply {
                 })
             }
             10 => Reply::Path { path: r.str()? },
+            11 => Reply::Chunk {
+                lo: r.u32()?,
+                hi: r.u32()?,
+            },
             t => return Err(bad_tag(t)),
         };
         r.end()?;
@@ -494,6 +527,19 @@ pub fn send_packet(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) ->
     if n != data.len() {
         return Err(io::Error::other("short send of a control packet"));
     }
+    Ok(())
+}
+
+/// Sends a connection's last packet without waiting (no fds): if the peer
+/// cannot take it now, it is dropped.
+pub fn send_farewell(sock: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let mut anc = SendAncillaryBuffer::new(&mut []);
+    sendmsg(
+        sock,
+        &[IoSlice::new(data)],
+        &mut anc,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )?;
     Ok(())
 }
 
@@ -593,6 +639,8 @@ mod tests {
             Request::Report,
             Request::Destroy { domid: 9 },
             Request::XenstorePath { domid: 3 },
+            Request::CreateDomain { domid: 5 },
+            Request::GrantChunk,
         ];
         for r in reqs {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
@@ -614,6 +662,8 @@ mod tests {
             Reply::Joined {
                 gnttab_entries: 4096,
                 machine_frames: 1 << 18,
+                refs_lo: 8,
+                refs_hi: 512,
             },
             Reply::Frames { frames: vec![4, 5] },
             Reply::Mapped {
@@ -631,6 +681,8 @@ mod tests {
                 domains: vec![DomainReport {
                     domid: 1,
                     state: DomainState::Dying,
+                    persistent: true,
+                    sessions: 9,
                     frames_owned: 2,
                     grants_valid: 3,
                     grants_mapped_by_peers: 4,
@@ -643,6 +695,7 @@ mod tests {
             Reply::Path {
                 path: "/run/x/1.sock".into(),
             },
+            Reply::Chunk { lo: 512, hi: 1024 },
         ];
         for r in reps {
             assert_eq!(Reply::decode(&r.encode()).unwrap(), r);
