@@ -12,6 +12,7 @@
 //! | [`sim`] | the simulated Xen host and its domain-side client |
 //! | [`stream`] | the sans-IO vchan byte ring (libxenvchan layout and notify bits), server and client ends |
 //! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
+//! | [`xenbus`] | device paths, async XenbusState helpers (read, switch, watch, publish, errors), the device toolstack |
 #![deny(missing_docs)]
 
 pub mod abi;
@@ -21,4 +22,5 @@ pub mod ring;
 pub mod shm;
 pub mod sim;
 pub mod stream;
+pub mod xenbus;
 pub mod xenstore;
