@@ -8,7 +8,7 @@
 //! backend dir   [n<be>, r<fe>]  frontend = <frontend dir>, frontend-id = <fe>, online = 1, state = 1, <backend params>
 //! ```
 //!
-//! Creating takes three steps because an [`XsTxn`](crate::xenstore::XsTxn)
+//! Creating takes three steps because an [`XsTxn`]
 //! cannot set permissions: (1) in one transaction, check that neither
 //! directory exists and make both, empty; (2) set the permissions of the
 //! two directories; (3) in one transaction, write every key (keys inherit
