@@ -37,6 +37,29 @@ fn ctl_at(xenstore: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Writes a node as dom0 (over a raw connection).
+fn write_node(e: &Env, path: &str, value: &str) {
+    use xenring::abi::xs_wire::XsType;
+    use xenring::xenstore::{conn::XsConn, XsMsg};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = XsConn::connect(&e.dom0, None).await.unwrap();
+        let m = XsMsg::with_strings(
+            XsType::Write,
+            0,
+            0,
+            &[path.as_bytes(), value.as_bytes()],
+            false,
+        )
+        .unwrap();
+        let r = c.request(m).await.unwrap();
+        assert_eq!(r.error_name(), None);
+    });
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -185,6 +208,22 @@ fn add_list_and_remove_devices() {
     );
     let listed: Vec<String> = rows(&e).into_iter().map(|r| r[0].clone()).collect();
     assert_eq!(listed, ["chan/1/1", "vbd/2/51712"]);
+    // Errors show on one line, the backend's first.
+    write_node(
+        &e,
+        "/local/domain/1/error/device/chan/1/error",
+        "no ring\nat all",
+    );
+    write_node(
+        &e,
+        "/local/domain/0/error/backend/chan/1/1/error",
+        &"x".repeat(100),
+    );
+    let r = rows(&e);
+    assert_eq!(
+        r[0][5],
+        format!("backend: {}...; frontend: no ring\\nat all", "x".repeat(60))
+    );
     let err = fails(&e, &["device", "remove", "chan/1/0", "--force"], 1);
     assert!(err.contains("no device chan/1/0"), "{err}");
     // The freed number is the lowest free one again.

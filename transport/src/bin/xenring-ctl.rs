@@ -282,6 +282,15 @@ async fn add(
     }
 }
 
+/// At most 60 characters of an error message, on one line.
+fn short(e: &str) -> String {
+    let one: String = e.escape_debug().collect();
+    match one.char_indices().nth(60) {
+        Some((at, _)) => format!("{}...", &one[..at]),
+        None => one,
+    }
+}
+
 /// The device list as a table.
 fn table(devices: &[DeviceStatus]) -> String {
     let head = [
@@ -296,10 +305,10 @@ fn table(devices: &[DeviceStatus]) -> String {
     for d in devices {
         let mut errors = Vec::new();
         if let Some(e) = &d.backend_error {
-            errors.push(format!("backend: {}", e.escape_debug()));
+            errors.push(format!("backend: {}", short(e)));
         }
         if let Some(e) = &d.frontend_error {
-            errors.push(format!("frontend: {}", e.escape_debug()));
+            errors.push(format!("frontend: {}", short(e)));
         }
         rows.push([
             d.id.to_string(),

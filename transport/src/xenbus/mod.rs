@@ -99,7 +99,7 @@ pub use paths::{DeviceId, Side, DOMID_FIRST_RESERVED};
 pub use state::{
     clear_error, parse_domid_key, parse_grant_ref_key, parse_port_key, parse_u32_key, publish,
     read_error, read_keys, read_state, switch_state, wait_for_state, watch_state, write_error,
-    StateWatch,
+    StateWatch, ERROR_MAX,
 };
 pub use toolstack::{
     create_device, find_device, free_devid, list_devices, remove_device, DeviceSpec, DeviceStatus,

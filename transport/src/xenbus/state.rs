@@ -256,10 +256,15 @@ pub async fn read_keys(xs: &XsClient, dir: &str) -> Result<BTreeMap<String, Stri
     .map_err(XenbusError::xs("read-keys", dir))?
 }
 
+/// Longest error message written, in bytes: a domU's node (value,
+/// permissions and header) must fit XenStore's default node-size quota of
+/// 2048 bytes, and a message is for people.
+pub const ERROR_MAX: usize = 1024;
+
 /// Writes `msg` to `side`'s error node of device `id`
 /// ([`DeviceId::error_path`]), creating its parents, as Linux's
 /// `xenbus_dev_error` does; the caller then switches its side to
-/// Closing. A message too long for one XenStore request is cut (at a
+/// Closing. A message longer than [`ERROR_MAX`] bytes is cut (at a
 /// character boundary). `xs` must speak for `side`'s domain (or dom0).
 ///
 /// Cancellation safe (one write).
@@ -271,7 +276,7 @@ pub async fn write_error(
 ) -> Result<(), XenbusError> {
     let path = id.error_path(side);
     let room = XENSTORE_PAYLOAD_MAX.saturating_sub(path.len() + 1);
-    let mut end = msg.len().min(room);
+    let mut end = msg.len().min(room).min(ERROR_MAX);
     while !msg.is_char_boundary(end) {
         end -= 1;
     }

@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::error::excerpt;
 use super::paths::{DeviceId, Side};
 use super::state::{read_state, watch_state};
 use super::XenbusError;
@@ -112,7 +111,8 @@ pub struct DeviceStatus {
     /// The backend's `online` (`None`: no backend dir, or no such key, or
     /// neither 0 nor 1).
     pub online: Option<bool>,
-    /// The backend's error message, if any.
+    /// The backend's error message, if any (as written, up to
+    /// [`ERROR_MAX`](super::state::ERROR_MAX) bytes from our writers).
     pub backend_error: Option<String>,
     /// The frontend's error message, if any.
     pub frontend_error: Option<String>,
@@ -497,7 +497,7 @@ pub async fn list_devices(xs: &XsClient) -> Result<Vec<DeviceStatus>, XenbusErro
         let frontend_state = node_state(xs, &id.frontend_dir()).await?;
         let error = |side| {
             let path = id.error_path(side);
-            async move { Ok::<_, XenbusError>(read_opt(xs, &path).await?.map(|v| excerpt(&v))) }
+            async move { read_opt(xs, &path).await }
         };
         out.push(DeviceStatus {
             backend_error: error(Side::Backend).await?,
