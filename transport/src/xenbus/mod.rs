@@ -33,13 +33,16 @@
 //!                         sees Connected: Connected (4)
 //!                                   ... requests flow ...
 //!  remove_device:
-//!    backend online=0,                                        sees Closing: stop, unmap
-//!    backend state=5 ------------------------------------->   Closing (5)
+//!    backend online=0,
+//!    backend state=5 ----------------------------------->  (its state is now Closing:)
+//!                                                           stop, unmap
 //!                         sees Closing: end grants,
-//!                         Closing (5) -> Closed (6)
-//!                                                             sees Closed: Closed (6)
+//!                         unbind port, Closing (5),
+//!                         Closed (6)
+//!                                                           sees Closed, online 0:
+//!                                                           Closed (6), stays
 //!    sees backend Closed:
-//!    rm both dirs and error nodes
+//!    rm both dirs, error nodes
 //! ```
 //!
 //! An error on either side: write `error/<nodename>/error` under the
@@ -51,11 +54,13 @@
 //! A backend daemon that dies leaves its `state` node behind (the nodes
 //! belong to the device, not to the daemon's connection), and the ring
 //! tells the frontend that the peer is dead. The new daemon cannot adopt
-//! the old ring: it finds its own stale state and takes the device through
-//! Closed and back to InitWait. The rule that restarts a device: a backend
-//! that is Closed, whose frontend is Closed and whose `online` is 1, goes
-//! to InitWait again; a frontend that is Closed and sees InitWait starts
-//! over (Linux's blkfront and netfront do the same).
+//! the old ring: it finds its own stale state and closes the device, and
+//! the frontend starts it over. The rules that restart a device (Linux's
+//! blkback and netback follow the backend's rule):
+//! * a frontend that reaches Closed while it still wants the device (it is
+//!   not going away) goes to Initialising again;
+//! * a backend that is Closed, whose `online` is 1, and whose frontend is
+//!   Initialising, goes to InitWait again ("prepare for reconnect").
 //!
 //! ```text
 //!  frontend                                        backend
@@ -66,13 +71,14 @@
 //!                                                  new daemon: own state is 4 but it
 //!                                                  holds no mapping: Closing (5)
 //!  sees Closing: end grants, unbind port,
-//!  Closing (5) -> Closed (6)
-//!                                                  sees frontend Closed: Closed (6);
-//!                                                  online is 1: publish features,
+//!  Closing (5), Closed (6)
+//!                                                  sees Closed: Closed (6)
+//!  sees Closed, still wanted: Initialising (1)
+//!                                                  Closed, online 1, frontend
+//!                                                  Initialising: publish features,
 //!                                                  InitWait (2)
-//!  sees InitWait while Closed: start over:
-//!  new ring and port, publish them,
-//!  Initialised (3)
+//!  sees InitWait: new ring and port,
+//!  publish them, Initialised (3)
 //!                                                  map the new ring, Connected (4)
 //!  sees Connected: Connected (4)
 //! ```
@@ -81,9 +87,9 @@
 //! over instead of going away (when `online` is 0 the device is being
 //! removed and the backend stays Closed). A frontend daemon that restarts
 //! does the mirror image: it finds its own stale Connected and goes
-//! Closing; the backend unmaps and goes Closed; the frontend goes Closed;
-//! the backend (Closed, frontend Closed, online 1) goes InitWait, and the
-//! handshake runs again.
+//! Closing; the backend unmaps and goes Closed; the frontend goes Closed
+//! and then Initialising; the backend goes InitWait, and the handshake
+//! runs again.
 
 mod error;
 // pub mod machine; (the sans-IO XenbusState machine; written separately)
