@@ -13,6 +13,7 @@
 //! | [`stream`] | the sans-IO vchan byte ring (libxenvchan layout and notify bits), server and client ends |
 //! | [`xenbus`] | the XenBus device handshake: state machines, helpers, device nodes |
 //! | [`xenstore`] | the xs_wire codec, the embedded xenstored, the hardened client |
+//! | [`xenbus`] | device paths, async XenbusState helpers (read, switch, watch, publish, errors), the device toolstack |
 #![deny(missing_docs)]
 
 pub mod abi;

@@ -394,6 +394,35 @@ impl XsClient {
         Ok(String::from_utf8_lossy(first).into_owned())
     }
 
+    /// Whether domain `domid` is introduced to XenStore (as far as XenStore
+    /// knows, the domain exists). A backend daemon asks after
+    /// `@releaseDomain` fires, to tell whether its frontend's domain died.
+    /// Privileged: an unprivileged domain gets `EACCES`.
+    pub async fn is_domain_introduced(&self, domid: u16) -> Result<bool, XsError> {
+        let arg = domid.to_string();
+        let m = Self::build(
+            "is-domain-introduced",
+            &arg,
+            XsType::IsDomainIntroduced,
+            0,
+            &[arg.as_bytes()],
+            true,
+        )?;
+        let reply = self.raw("is-domain-introduced", &arg, m).await?;
+        match reply.parts().first().copied() {
+            Some(b"T") => Ok(true),
+            Some(b"F") => Ok(false),
+            other => Err(XsError::Invalid {
+                op: "is-domain-introduced",
+                path: arg,
+                why: format!(
+                    "server answered {:?}, not T or F",
+                    String::from_utf8_lossy(other.unwrap_or_default())
+                ),
+            }),
+        }
+    }
+
     /// Watches `path` and everything below it. The stream yields the path of
     /// each changed node; it starts with one event for `path` itself, and
     /// after a reconnect it yields one more (the state may have changed
