@@ -1,10 +1,21 @@
-//! `xenring-backend`: the driver-domain side of xenring's split drivers.
+//! # xenring-backend
 //!
-//! This crate will hold the `BackendDevice` trait, the backend daemon and the
-//! built-in backends (block on an image file, net on TAP, chan to a Unix socket
-//! or TCP target). They are built on the transport crate [`xenring`]; the device
-//! model arrives with the XenBus work. Today the crate only re-exports the
-//! transport so that dependents can already name it.
+//! The backend end of xenring's split devices: the [`BackendDevice`] trait
+//! a device author implements, the daemon that runs devices (hot-plug,
+//! handshake, peer death, restart, shutdown), and the built-in backends.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`device`] | [`BackendDevice`] and how the daemon drives it |
+//! | [`chan`] | the `chan` backend: each channel to a Unix socket or TCP target |
+//! | [`cli`] | the `xenring-backend` daemon's command line |
 #![deny(missing_docs)]
 
-pub use xenring;
+pub mod chan;
+pub mod cli;
+pub mod device;
+
+pub use device::{daemon, BackendDevice};
+pub use xenring::xenbus::daemon::{Daemon, DaemonStats};
+pub use xenring::xenbus::device::{BackendConn, DeviceError, DeviceInfo};
+pub use xenring::xenbus::paths::DeviceId;

@@ -2,6 +2,9 @@
 //! Each example in `examples/` is a thin `main` around a function here, so
 //! that the tests exercise exactly what the example runs.
 
+pub mod demo;
+pub mod system;
+
 use std::path::Path;
 
 use xenring::platform::{Access, Platform};

@@ -1,10 +1,22 @@
-//! `xenring-frontend`: the guest side of xenring's split drivers.
+//! # xenring-frontend
 //!
-//! This crate will hold the `FrontendDevice` trait, the frontend daemon and the
-//! built-in frontends (block exported over NBD, net over TAP, chan over a Unix
-//! socket). They are built on the transport crate [`xenring`]; the device model
-//! arrives with the XenBus work. Today the crate only re-exports the transport so
-//! that dependents can already name it.
+//! The frontend end of xenring's split devices: the [`FrontendDevice`]
+//! trait a device author implements, the daemon that runs devices
+//! (discovery, handshake, backend restarts, shutdown), and the built-in
+//! frontends.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`device`] | [`FrontendDevice`] and how the daemon drives it |
+//! | [`chan`] | the `chan` frontend: a Unix socket per device |
+//! | [`cli`] | the `xenring-frontend` daemon's command line |
 #![deny(missing_docs)]
 
-pub use xenring;
+pub mod chan;
+pub mod cli;
+pub mod device;
+
+pub use device::{daemon, FrontendDevice};
+pub use xenring::xenbus::daemon::{Daemon, DaemonStats};
+pub use xenring::xenbus::device::{DeviceError, DeviceInfo, FrontendConn, PendingStream};
+pub use xenring::xenbus::paths::DeviceId;

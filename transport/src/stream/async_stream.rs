@@ -119,8 +119,7 @@ struct Driver {
     peer: DomId,
     /// Halves still alive; the last one to drop closes the channel.
     halves: AtomicUsize,
-    events_sent: AtomicU64,
-    events_received: AtomicU64,
+    events: Arc<EventCounts>,
 }
 
 impl Driver {
@@ -139,7 +138,7 @@ impl Driver {
         match self.chan.poll_event(&mut ecx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => {
-                self.events_received.fetch_add(1, Ordering::Relaxed);
+                self.events.received.fetch_add(1, Ordering::Relaxed);
                 // Our own slot is woken as well: a spurious wakeup at worst.
                 self.slots.wake_all();
                 Poll::Ready(r.map_err(|e| {
@@ -154,7 +153,7 @@ impl Driver {
 
     fn notify(&self, n: NotifyNeeded) -> io::Result<()> {
         if n.is_needed() {
-            self.events_sent.fetch_add(1, Ordering::Relaxed);
+            self.events.sent.fetch_add(1, Ordering::Relaxed);
             self.chan.notify().map_err(|e| {
                 io::Error::other(format!(
                     "vchan with domain {}: notifying the peer: {e}",
@@ -199,6 +198,15 @@ fn io_error(e: StreamError) -> io::Error {
     io::Error::new(kind, e)
 }
 
+/// Events sent and received by one stream (both halves).
+#[derive(Debug, Default)]
+pub struct EventCounts {
+    /// Events sent to the peer.
+    pub sent: AtomicU64,
+    /// Event wakeups received.
+    pub received: AtomicU64,
+}
+
 /// One end of a vchan as a tokio byte stream. Reading and writing may go on
 /// at the same time from two tasks after [`VchanStream::into_split`].
 /// Dropping both halves closes the channel (live byte 0, one event) and
@@ -235,8 +243,7 @@ impl VchanStream {
             waker: Waker::from(slots.clone()),
             slots,
             halves: AtomicUsize::new(2),
-            events_sent: AtomicU64::new(0),
-            events_received: AtomicU64::new(0),
+            events: Arc::default(),
         });
         let (rx, tx) = vchan.into_split();
         VchanStream {
@@ -265,6 +272,13 @@ impl VchanStream {
         self.reader.rx.peer_state()
     }
 
+    /// A handle on the event counters that stays readable after the
+    /// stream has moved (into a task, a multiplexer) or been dropped; it
+    /// holds no port or memory.
+    pub fn event_counts(&self) -> Arc<EventCounts> {
+        self.reader.driver.events.clone()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> StreamStats {
         let mut s = self.reader.stats();
@@ -279,8 +293,8 @@ impl VchanReader {
         StreamStats {
             rx: self.rx.stats(),
             tx: RingStats::default(),
-            events_sent: self.driver.events_sent.load(Ordering::Relaxed),
-            events_received: self.driver.events_received.load(Ordering::Relaxed),
+            events_sent: self.driver.events.sent.load(Ordering::Relaxed),
+            events_received: self.driver.events.received.load(Ordering::Relaxed),
         }
     }
 }
@@ -291,8 +305,8 @@ impl VchanWriter {
         StreamStats {
             rx: RingStats::default(),
             tx: self.tx.stats(),
-            events_sent: self.driver.events_sent.load(Ordering::Relaxed),
-            events_received: self.driver.events_received.load(Ordering::Relaxed),
+            events_sent: self.driver.events.sent.load(Ordering::Relaxed),
+            events_received: self.driver.events.received.load(Ordering::Relaxed),
         }
     }
 }

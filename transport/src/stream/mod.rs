@@ -119,7 +119,7 @@ mod async_tests;
 #[cfg(test)]
 mod tests;
 
-pub use async_stream::{StreamStats, VchanReader, VchanStream, VchanWriter};
+pub use async_stream::{EventCounts, StreamStats, VchanReader, VchanStream, VchanWriter};
 pub use byte_ring::{Consumer, MappedMemory, Producer, RingStats};
 pub use control::{ControlPage, Layout, PeerState, RingId, RingLayout, Side};
 pub use end::{RingSetup, Vchan};

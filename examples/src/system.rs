@@ -1,0 +1,422 @@
+//! A whole simulated system in one process tree: a simulated host embedded
+//! in this process, domains created up front (as a toolstack would), the
+//! backend and frontend daemons as child processes joined to their
+//! domains, and this process acting as dom0's toolstack through XenStore.
+//! The demo (`xenring-demo`) and the integration tests are built on it.
+//!
+//! ```text
+//!   this process: SimHost (control socket, xenstored) + toolstack (dom0)
+//!     |-- child: backend daemon   (domain 0)
+//!     `-- child: frontend daemon  (domain N) -- chan sockets in <dir>/dom<N>/
+//! ```
+//!
+//! XenStore: this process's client is dom0's, chosen through
+//! `XENSTORED_PATH` (xenstore-rs reads only that), so one [`System`] per
+//! process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+use xenring::abi::xenbus::XenbusState;
+use xenring::sim::{HostConfig, HostReport, SimHost};
+use xenring::xenbus::{
+    create_device, read_state, remove_device, DeviceId, DeviceSpec, RemoveOptions,
+};
+use xenring::xenstore::XsClient;
+
+/// Runs the daemon named by `args[0]` (`backend` or `frontend`) with the
+/// rest of `args`; the programs a [`System`] spawns call this.
+pub fn node_main(args: Vec<String>) -> std::process::ExitCode {
+    use clap::Parser;
+    let mut it = args.into_iter();
+    let prog = it.next().unwrap_or_default();
+    let role = it.next().unwrap_or_default();
+    let rest = std::iter::once(format!("{prog} {role}")).chain(it);
+    match role.as_str() {
+        "backend" => xenring_backend::cli::main_with(xenring_backend::cli::Args::parse_from(rest)),
+        "frontend" => {
+            xenring_frontend::cli::main_with(xenring_frontend::cli::Args::parse_from(rest))
+        }
+        other => {
+            eprintln!("{prog}: unknown role {other:?} (backend or frontend)");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// A daemon process.
+#[derive(Debug)]
+pub struct Daemon {
+    /// `backend` or `frontend`, and its domain.
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where its stderr (logs) goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: rustix::process::Signal) -> anyhow::Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32)
+            .ok_or_else(|| anyhow!("bad pid"))?;
+        rustix::process::kill_process(pid, sig)
+            .with_context(|| format!("signalling the {} daemon", self.name))
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(mut self) -> anyhow::Result<ExitStatus> {
+        self.signal(rustix::process::Signal::KILL)?;
+        Ok(self.child.wait()?)
+    }
+
+    /// SIGTERM, and wait for it to exit (at most `timeout`).
+    pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(rustix::process::Signal::TERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "the {} daemon did not exit within {timeout:?} of SIGTERM; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A simulated host with its toolstack.
+#[derive(Debug)]
+pub struct System {
+    host: SimHost,
+    dir: PathBuf,
+    node: PathBuf,
+    xs: XsClient,
+}
+
+impl System {
+    /// Starts a host with its sockets in `dir`, creates domain 0, and
+    /// connects this process to XenStore as dom0. `node` is the program
+    /// whose `backend`/`frontend` roles run the daemons (see
+    /// [`node_main`]).
+    pub async fn start(dir: &Path, node: PathBuf, cfg: HostConfig) -> anyhow::Result<System> {
+        let host = SimHost::start(dir.join("sim.sock"), cfg).context("starting the sim host")?;
+        host.create_domain(0)
+            .map_err(|e| anyhow!("creating domain 0: {e}"))?;
+        let xs_path = host.xenstore_path(0)?;
+        // xenstore-rs reads the socket from the environment only.
+        std::env::set_var("XENSTORED_PATH", &xs_path);
+        let xs = XsClient::connect()
+            .await
+            .context("connecting to XenStore as dom0")?;
+        Ok(System {
+            host,
+            dir: dir.to_path_buf(),
+            node,
+            xs,
+        })
+    }
+
+    /// The embedded host.
+    pub fn host(&self) -> &SimHost {
+        &self.host
+    }
+
+    /// This process's XenStore client (dom0, privileged).
+    pub fn xs(&self) -> &XsClient {
+        &self.xs
+    }
+
+    /// Creates domain `domid` (it lives until destroyed).
+    pub fn create_domain(&self, domid: u16) -> anyhow::Result<()> {
+        self.host
+            .create_domain(domid)
+            .map_err(|e| anyhow!("creating domain {domid}: {e}"))
+    }
+
+    /// Destroys domain `domid` and everything in it.
+    pub fn destroy_domain(&self, domid: u16) -> anyhow::Result<()> {
+        self.host
+            .destroy_domain(domid)
+            .map_err(|e| anyhow!("destroying domain {domid}: {e}"))
+    }
+
+    /// The directory of domain `domid`'s chan sockets.
+    pub fn socket_dir(&self, domid: u16) -> PathBuf {
+        self.dir.join(format!("dom{domid}"))
+    }
+
+    /// The Unix socket of chan device `devid` in frontend domain `domid`.
+    pub fn chan_socket(&self, domid: u16, devid: u32) -> PathBuf {
+        self.socket_dir(domid).join(format!("chan-{devid}.sock"))
+    }
+
+    fn spawn(&self, role: &str, domid: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let name = format!("{role}-dom{domid}");
+        // A restarted daemon gets new files: name.log, name.1.log, ...
+        let mut n = 0;
+        let file_name = |n: usize, ext: &str| match n {
+            0 => self.dir.join(format!("{name}.{ext}")),
+            n => self.dir.join(format!("{name}.{n}.{ext}")),
+        };
+        while file_name(n, "log").exists() {
+            n += 1;
+        }
+        let log_path = file_name(n, "log");
+        let file = std::fs::File::create(&log_path)?;
+        let out = std::fs::File::create(file_name(n, "out"))?;
+        let mut cmd = Command::new(&self.node);
+        cmd.arg(role)
+            .args(extra)
+            .env("XENRING_PLATFORM", "sim")
+            .env("XENRING_SIM_SOCKET", self.host.control_path())
+            .env("XENRING_DOMID", domid.to_string())
+            .env("XENSTORED_PATH", self.host.xenstore_path(domid)?)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(file);
+        if role == "frontend" {
+            cmd.env("XENRING_SOCKET_DIR", self.socket_dir(domid));
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.node.display()))?;
+        Ok(Daemon {
+            name,
+            child,
+            log: log_path,
+        })
+    }
+
+    /// Starts a backend daemon as domain `domid`.
+    pub fn spawn_backend(&self, domid: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
+        self.spawn("backend", domid, extra)
+    }
+
+    /// Starts a frontend daemon as domain `domid` (sockets in
+    /// [`System::socket_dir`]).
+    pub fn spawn_frontend(&self, domid: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
+        self.spawn("frontend", domid, extra)
+    }
+
+    /// Adds chan device `devid` of frontend domain `fe` (backend dom0)
+    /// whose channels go to `target` (`unix:/path` or `tcp:host:port`).
+    pub async fn add_chan(&self, fe: u16, devid: u32, target: &str) -> anyhow::Result<DeviceId> {
+        let id = DeviceId {
+            kind: "chan".into(),
+            frontend: fe,
+            backend: 0,
+            devid,
+        };
+        let mut spec = DeviceSpec::new(id.clone());
+        spec.backend_params.push(("target".into(), target.into()));
+        create_device(&self.xs, &spec).await?;
+        Ok(id)
+    }
+
+    /// Removes a device as `xl device-detach` would (waits for the backend
+    /// to close, at most `timeout`).
+    pub async fn remove(&self, id: &DeviceId, timeout: Duration) -> anyhow::Result<()> {
+        remove_device(
+            &self.xs,
+            id,
+            RemoveOptions {
+                timeout,
+                force: false,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The two ends' states.
+    pub async fn states(&self, id: &DeviceId) -> anyhow::Result<(XenbusState, XenbusState)> {
+        Ok((
+            read_state(&self.xs, &id.backend_dir()).await?,
+            read_state(&self.xs, &id.frontend_dir()).await?,
+        ))
+    }
+
+    /// Waits until both ends of `id` are Connected.
+    pub async fn wait_connected(&self, id: &DeviceId, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_states(id, XenbusState::Connected, XenbusState::Connected, timeout)
+            .await
+    }
+
+    /// Waits until the backend is `be` and the frontend `fe`.
+    pub async fn wait_states(
+        &self,
+        id: &DeviceId,
+        be: XenbusState,
+        fe: XenbusState,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        use futures::StreamExt;
+        let mut wb = self
+            .xs
+            .watch(&format!("{}/state", id.backend_dir()))
+            .await?;
+        let mut wf = self
+            .xs
+            .watch(&format!("{}/state", id.frontend_dir()))
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let now = self.states(id).await?;
+            if now == (be, fe) {
+                return Ok(());
+            }
+            let wait = async {
+                tokio::select! {
+                    _ = wb.next() => {}
+                    _ = wf.next() => {}
+                }
+            };
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                bail!(
+                    "device {id}: still backend {} / frontend {} after {timeout:?} \
+                     (waiting for {} / {})",
+                    now.0.name(),
+                    now.1.name(),
+                    be.name(),
+                    fe.name()
+                );
+            }
+        }
+    }
+
+    /// The host's report now.
+    pub fn report(&self) -> HostReport {
+        self.host.report()
+    }
+
+    /// Waits until the host reports no leak (resources are released
+    /// asynchronously as processes exit), at most `timeout`.
+    pub async fn wait_clean(&self, timeout: Duration) -> anyhow::Result<HostReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.report();
+            if r.leaks().is_empty() {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the simulated host still reports leaks after {timeout:?}:\n  {}",
+                    r.leaks().join("\n  ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the host.
+    pub fn shutdown(self) {
+        self.host.shutdown()
+    }
+}
+
+/// The byte at offset `i` of connection `c`'s data.
+fn pattern(c: usize, i: u64) -> u8 {
+    (i.wrapping_mul(31).wrapping_add(c as u64 * 7) % 251) as u8
+}
+
+/// A TCP echo server on loopback; returns its `tcp:` target and task.
+pub async fn echo_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok((format!("tcp:{addr}"), task))
+}
+
+/// Sends `n` bytes of connection `c`'s pattern through `sock` and checks
+/// that the same bytes come back.
+pub async fn push(sock: PathBuf, c: usize, n: u64) -> anyhow::Result<()> {
+    let s = UnixStream::connect(&sock)
+        .await
+        .with_context(|| format!("connecting to {}", sock.display()))?;
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut off = 0u64;
+        while off < n {
+            let len = (n - off).min(buf.len() as u64) as usize;
+            for (k, b) in buf[..len].iter_mut().enumerate() {
+                *b = pattern(c, off + k as u64);
+            }
+            w.write_all(&buf[..len]).await?;
+            off += len as u64;
+        }
+        w.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    let mut off = 0u64;
+    while off < n {
+        let got = r.read(&mut buf).await?;
+        if got == 0 {
+            bail!("connection {c}: the channel closed after {off} of {n} bytes");
+        }
+        for (k, b) in buf[..got].iter().enumerate() {
+            let want = pattern(c, off + k as u64);
+            if *b != want {
+                bail!(
+                    "connection {c}: byte {} came back as {b:#04x}, sent {want:#04x}",
+                    off + k as u64
+                );
+            }
+        }
+        off += got as u64;
+    }
+    writer.await??;
+    Ok(())
+}

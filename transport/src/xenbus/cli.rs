@@ -1,0 +1,146 @@
+//! What every daemon binary shares: the platform and XenStore options
+//! (flags with environment fallbacks), logging, and signals.
+//!
+//! ```text
+//!   --platform sim|xen      (XENRING_PLATFORM, default sim)
+//!   --domid N               (XENRING_DOMID; sim: the domain to join)
+//!   --sim-socket PATH       (XENRING_SIM_SOCKET; sim: the host's control socket)
+//!   --xenstore PATH         (XENSTORED_PATH; the XenStore socket)
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::{DomId, Platform};
+use crate::sim::SimDomain;
+use crate::xenstore::XsClient;
+
+/// Which platform to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlatformKind {
+    /// The simulated host (`xenring-sim`).
+    Sim,
+    /// Real Xen through /dev/xen.
+    Xen,
+}
+
+/// The options every daemon takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Platform to run on.
+    #[arg(long, value_enum, env = "XENRING_PLATFORM", default_value = "sim")]
+    pub platform: PlatformKind,
+    /// This domain's id (sim: the domain to join).
+    #[arg(long, env = "XENRING_DOMID")]
+    pub domid: Option<DomId>,
+    /// The simulated host's control socket.
+    #[arg(long, env = "XENRING_SIM_SOCKET")]
+    pub sim_socket: Option<PathBuf>,
+    /// The XenStore socket.
+    #[arg(long = "xenstore", env = "XENSTORED_PATH")]
+    pub xenstore: Option<PathBuf>,
+}
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A required option is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// The platform could not be opened.
+    #[error("{0}")]
+    Platform(String),
+    /// XenStore could not be reached.
+    #[error("{0}")]
+    Xenstore(String),
+}
+
+impl CommonArgs {
+    /// Opens the platform and XenStore. Must run before other threads read
+    /// the environment: it sets `XENSTORED_PATH` from `--xenstore`.
+    pub async fn connect(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {
+        let platform: Arc<dyn Platform> =
+            match self.platform {
+                PlatformKind::Xen => return Err(StartError::Platform(
+                    "platform xen: the /dev/xen (gntdev, gntalloc, evtchn) implementation is not \
+                     built yet; use --platform sim"
+                        .into(),
+                )),
+                PlatformKind::Sim => {
+                    let socket = self.sim_socket.clone().ok_or_else(|| {
+                        StartError::Missing(
+                        "no simulated host named: pass --sim-socket PATH or set XENRING_SIM_SOCKET \
+                         (xenring-sim exec sets it)"
+                            .into(),
+                    )
+                    })?;
+                    let domid = self.domid.ok_or_else(|| {
+                        StartError::Missing(
+                            "no domain named: pass --domid N or set XENRING_DOMID".into(),
+                        )
+                    })?;
+                    let d = SimDomain::connect(&socket, domid).map_err(|e| {
+                        StartError::Platform(format!(
+                            "cannot join the simulated host at {} as domain {domid}: {e}",
+                            socket.display()
+                        ))
+                    })?;
+                    Arc::new(d)
+                }
+            };
+        let path = self.xenstore.clone().ok_or_else(|| {
+            StartError::Missing(
+                "no XenStore named: pass --xenstore PATH or set XENSTORED_PATH".into(),
+            )
+        })?;
+        // xenstore-rs reads the socket from the environment only.
+        std::env::set_var("XENSTORED_PATH", &path);
+        let xs = XsClient::connect().await.map_err(|e| {
+            StartError::Xenstore(format!(
+                "no XenStore at {}: {}; is the sim host running?",
+                path.display(),
+                root_cause(&e)
+            ))
+        })?;
+        Ok((platform, xs))
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        last = s.to_string();
+        cur = s.source();
+    }
+    last
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
