@@ -7,9 +7,12 @@
 //! | [`paths`] | [`DeviceId`] (kind, frontend, backend, devid) and [`Side`]: the frontend and backend dirs, nodenames, error paths; parsing them back |
 //! | [`state`] | async helpers over [`XsClient`](crate::xenstore::XsClient): read, switch (never resurrecting a removed device) and watch a `state` node; publish and read a side's keys atomically; error nodes; typed key getters for device authors |
 //! | [`toolstack`] | what `xl` does, as dom0: [`create_device`], [`remove_device`] (ask the backend to close, wait, remove), [`list_devices`] |
+//! | [`machine`] | the sans-IO backend and frontend state machines (no tokio, no clock), level-triggered |
+//! | [`device`] | what a device sees: `BackendConn` / `FrontendConn` (ring and stream helpers, `ready()`, `stopped()`), `DeviceError` |
+//! | [`task`] | the per-device task: runs a machine against XenStore and the device |
+//! | [`daemon`] | finds a domain's devices, one task each: hot-plug, removal, `@releaseDomain`, shutdown |
+//! | [`cli`] | what every daemon binary shares: platform and XenStore options, logging, signals |
 //! | `error` | [`XenbusError`], the one error type of this module |
-//!
-//! The sans-IO state machine (no tokio, no clock) will be `machine`.
 //!
 //! ## The handshake
 //!
@@ -52,44 +55,43 @@
 //! ## Reconnecting after a backend restart
 //!
 //! A backend daemon that dies leaves its `state` node behind (the nodes
-//! belong to the device, not to the daemon's connection), and the ring
-//! tells the frontend that the peer is dead. The new daemon cannot adopt
-//! the old ring: it finds its own stale state and closes the device, and
-//! the frontend starts it over. The rules that restart a device (Linux's
-//! blkback and netback follow the backend's rule):
-//! * a frontend that reaches Closed while it still wants the device (it is
-//!   not going away) goes to Initialising again;
+//! belong to the device, not to the daemon's process), and the ring tells
+//! the frontend that the peer is dead (its unmap notification clears the
+//! live byte). The rules, in [`machine`]:
+//! * a frontend whose connection ends (the peer went away) or that reaches
+//!   Closed while the device exists goes to Initialising and waits for a
+//!   backend's InitWait;
 //! * a backend that is Closed, whose `online` is 1, and whose frontend is
-//!   Initialising, goes to InitWait again ("prepare for reconnect").
+//!   Initialising, goes to InitWait again ("prepare for reconnect");
+//! * a backend that starts and finds its frontend Initialised or Connected
+//!   knows those keys belong to a backend that died: it writes Closed and
+//!   waits for the frontend to leave those states before InitWait, so it
+//!   never maps a ring the frontend is tearing down.
 //!
 //! ```text
 //!  frontend                                        backend
 //!  Connected (4)                                   Connected (4)
-//!                                                  (daemon dies; its state node stays 4;
-//!                                                   the frontend's ring reports the
-//!                                                   peer's death: it stops using it)
-//!                                                  new daemon: own state is 4 but it
-//!                                                  holds no mapping: Closing (5)
-//!  sees Closing: end grants, unbind port,
-//!  Closing (5), Closed (6)
-//!                                                  sees Closed: Closed (6)
-//!  sees Closed, still wanted: Initialising (1)
-//!                                                  Closed, online 1, frontend
-//!                                                  Initialising: publish features,
-//!                                                  InitWait (2)
+//!                                                  (daemon killed; its state node stays 4)
+//!  the ring reports the peer's death:
+//!  end grants, unbind; Initialising (1)
+//!                                                  new daemon: frontend Initialising:
+//!                                                  publish features, InitWait (2)
 //!  sees InitWait: new ring and port,
 //!  publish them, Initialised (3)
 //!                                                  map the new ring, Connected (4)
 //!  sees Connected: Connected (4)
+//!
+//!  (if the new daemon comes before the frontend noticed:)
+//!  Connected (4), stale to the new backend         sees frontend 4: Closed (6)
+//!  sees Closed: tear down, Closing, Closed,
+//!  Initialising (1)                                sees Initialising: InitWait (2) ...
 //! ```
 //!
 //! The toolstack is not involved: `online` stays 1, so the backend starts
 //! over instead of going away (when `online` is 0 the device is being
 //! removed and the backend stays Closed). A frontend daemon that restarts
-//! does the mirror image: it finds its own stale Connected and goes
-//! Closing; the backend unmaps and goes Closed; the frontend goes Closed
-//! and then Initialising; the backend goes InitWait, and the handshake
-//! runs again.
+//! writes Initialising at once; the backend, connected to the dead one,
+//! sees Initialising, unmaps, and answers InitWait.
 
 pub mod cli;
 pub mod daemon;
