@@ -58,6 +58,9 @@ pub fn main_with(args: Args) -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(other) = args.devices.iter().find(|k| k.as_str() != "chan") {
+        return Err(format!("unknown device kind {other:?} (built in: chan)"));
+    }
     let shutdown = shutdown_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
     let (platform, xs) = args.common.connect().await.map_err(|e| e.to_string())?;
     let socket_dir = match &args.socket_dir {

@@ -12,7 +12,11 @@ use xenring::xenbus::{read_error, Side};
 use xenring_examples::system::{echo_server, push, System};
 
 /// A case: what is wrong, the frontend keys written, what the error names.
-type Case = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_nodes_fail_only_their_device() -> anyhow::Result<()> {
