@@ -5,6 +5,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`abi`] | typed views over every shared binary format |
+//! | [`chan`] | many byte-stream channels multiplexed over one vchan, and the Unix/TCP socket proxy over them |
 //! | [`shm`] | mapped shared memory (one of two modules with `unsafe`) |
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
 //! | [`platform`] | the small traits all protocol code is written against |
@@ -15,6 +16,7 @@
 #![deny(missing_docs)]
 
 pub mod abi;
+pub mod chan;
 pub mod grant;
 pub mod platform;
 pub mod ring;
