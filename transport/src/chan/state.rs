@@ -21,6 +21,10 @@ use super::{ChanError, MuxConfig, MuxStats};
 pub(super) const TX_BUFFER: usize = 64 * 1024;
 /// The write loop stops adding DATA frames to a batch beyond this size.
 pub(super) const BATCH: usize = 256 * 1024;
+/// Control frames (answers to the peer's frames, credits) that may wait
+/// unwritten; beyond this the peer is sending requests without reading
+/// the answers, and the connection ends rather than grow the queue.
+const MAX_CTL: usize = 1 << 20;
 
 /// The answer an opener waits for.
 pub(super) type OpenResult = Result<(), ChanError>;
@@ -277,6 +281,20 @@ impl Inner {
     /// Applies one frame from the peer. An error ends the connection.
     pub(super) fn on_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), ChanError> {
         self.stats.frames_received += 1;
+        self.apply(frame, fx)?;
+        if self.ctl.len() > MAX_CTL {
+            return Err(violation(
+                CONNECTION,
+                format!(
+                    "{} bytes of answers wait unwritten: the peer does not read them",
+                    self.ctl.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), ChanError> {
         let Some(peer_window) = self.peer_window else {
             return match frame {
                 Frame::Hello(h) if h.role == self.role => Err(ChanError::SameRole { role: h.role }),
@@ -587,10 +605,10 @@ impl Inner {
         let Some(st) = self.chans.get_mut(&id) else {
             return Poll::Ready(Err(gone(id)));
         };
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if st.rx_len > 0 {
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
             let mut n = 0;
             while buf.remaining() > 0 {
                 let Some(front) = st.rx.front_mut() else {
