@@ -39,8 +39,9 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
+use super::entry::Effects;
 use super::frame::{self, Frame, CONNECTION, MAX_PAYLOAD};
-use super::state::{Effects, Inner, BATCH};
+use super::state::{Inner, BATCH};
 use super::ChanError;
 
 /// Bytes asked of the stream per read.
