@@ -39,8 +39,9 @@ use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
+use super::entry::Effects;
 use super::frame::{self, Frame, CONNECTION, MAX_PAYLOAD};
-use super::state::{Effects, Inner, BATCH};
+use super::state::{Inner, BATCH};
 use super::ChanError;
 
 /// Bytes asked of the stream per read.
@@ -183,6 +184,10 @@ where
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
+        // One unit of tokio's budget per read: a stream that is always
+        // ready (the peer writing at full speed) must not keep the write
+        // loop, polled by the same task, from sending our credits.
+        tokio::task::coop::consume_budget().await;
         if r.read_buf(buf).await? == 0 {
             // Complete frames were all taken above: any byte left is a
             // frame cut short.
@@ -208,6 +213,9 @@ where
             w.flush().await?;
             mid_batch.store(false, Ordering::Relaxed);
             out.clear();
+            // The same the other way: a sink that is always ready must not
+            // starve the read loop.
+            tokio::task::coop::consume_budget().await;
             continue;
         }
         if idle {

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `frame.rs` | the sans-IO wire format: [`frame::FrameHeader`], [`frame::Frame`], [`frame::decode`] |
 //! | `state.rs` | the channel table, windows and buffers; frames in, bytes out (no I/O) |
+//! | `entry.rs` | one channel's entry in the table; the wakeups delivered after the lock |
 //! | `driver.rs` | the one driver task: a read loop and a write loop over the stream |
 //! | `mux.rs` | [`Mux`], [`MuxHandle`], [`Incoming`], [`Channel`], [`MuxConfig`], [`MuxStats`] |
 //! | `error.rs` | [`ChanError`] |
@@ -80,6 +81,7 @@
 pub mod frame;
 
 mod driver;
+mod entry;
 mod error;
 mod mux;
 mod proxy;

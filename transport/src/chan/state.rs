@@ -14,6 +14,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::ReadBuf;
 use tokio::sync::oneshot;
 
+use super::entry::{
+    channel_for, encode_valid, schedule, violation, ChanState, Effects, OpenResult,
+};
 use super::frame::{put_header, Frame, Kind, Role, CONNECTION, MAX_PAYLOAD};
 use super::{ChanError, MuxConfig, MuxStats};
 
@@ -21,164 +24,10 @@ use super::{ChanError, MuxConfig, MuxStats};
 pub(super) const TX_BUFFER: usize = 64 * 1024;
 /// The write loop stops adding DATA frames to a batch beyond this size.
 pub(super) const BATCH: usize = 256 * 1024;
-
-/// The answer an opener waits for.
-pub(super) type OpenResult = Result<(), ChanError>;
-
-/// What to do once the lock is released.
-#[derive(Debug, Default)]
-pub(super) struct Effects {
-    wake: Vec<Waker>,
-    opens: Vec<(oneshot::Sender<OpenResult>, OpenResult)>,
-    /// The driver has frames to write (or a change of state to look at).
-    pub(super) kick: bool,
-}
-
-impl Effects {
-    /// Wakes the collected tasks and answers the openers (call unlocked).
-    pub(super) fn deliver(&mut self) {
-        for w in self.wake.drain(..) {
-            w.wake();
-        }
-        for (tx, res) in self.opens.drain(..) {
-            // A dropped receiver is an open that was cancelled: its guard
-            // resets the channel.
-            let _ = tx.send(res);
-        }
-    }
-
-    fn wake(&mut self, w: &mut Option<Waker>) {
-        if let Some(w) = w.take() {
-            self.wake.push(w);
-        }
-    }
-}
-
-/// Appends a frame this module built (always valid: [`Frame::reset`] cuts
-/// reasons, credits and windows are never 0).
-fn encode_valid(dst: &mut BytesMut, f: Frame) {
-    if let Err(e) = f.encode(dst) {
-        tracing::error!("chan mux: could not encode {:?}: {e}", f.kind());
-        debug_assert!(false, "invalid frame built: {e}");
-    }
-}
-
-/// One channel as the multiplexer sees it.
-#[derive(Debug)]
-pub(super) struct ChanState {
-    // Receive direction. Invariant (until EOF/RESET): rx_allowed + rx_len
-    // + credit_owed == our window.
-    rx: VecDeque<Bytes>,
-    rx_len: usize,
-    /// Bytes the peer may still send before our next CREDIT.
-    rx_allowed: u64,
-    /// Bytes the reader consumed that have not been credited back.
-    credit_owed: u64,
-    rx_eof: bool,
-    // Send direction.
-    tx: BytesMut,
-    /// Bytes we may still send: the peer's window less what we sent, plus
-    /// its credits.
-    send_window: u64,
-    /// The writer called `poll_shutdown`: EOF follows the buffered bytes.
-    shutdown: bool,
-    eof_sent: bool,
-    /// In `Inner::ready`.
-    queued: bool,
-    // Both.
-    peer_reset: Option<String>,
-    /// The `Channel` was dropped after `poll_shutdown`; the buffered bytes
-    /// and EOF still go out, then the entry is removed.
-    detached: bool,
-    /// Our OPEN waits for OPEN_OK (or RESET).
-    opening: Option<oneshot::Sender<OpenResult>>,
-    read_waker: Option<Waker>,
-    write_waker: Option<Waker>,
-}
-
-impl ChanState {
-    fn new(window: u32, send_window: u64) -> ChanState {
-        ChanState {
-            rx: VecDeque::new(),
-            rx_len: 0,
-            rx_allowed: u64::from(window),
-            credit_owed: 0,
-            rx_eof: false,
-            tx: BytesMut::new(),
-            send_window,
-            shutdown: false,
-            eof_sent: false,
-            queued: false,
-            peer_reset: None,
-            detached: false,
-            opening: None,
-            read_waker: None,
-            write_waker: None,
-        }
-    }
-
-    /// Whether the driver can send something for this channel now.
-    fn wants_send(&self) -> bool {
-        self.opening.is_none()
-            && self.peer_reset.is_none()
-            && if self.tx.is_empty() {
-                self.shutdown && !self.eof_sent
-            } else {
-                self.send_window > 0
-            }
-    }
-
-    /// Both directions ended in order.
-    fn finished(&self) -> bool {
-        self.eof_sent && self.rx_eof
-    }
-
-    fn reset_error(&self, id: u32) -> Option<io::Error> {
-        self.peer_reset.as_ref().map(|reason| {
-            ChanError::Reset {
-                channel: id,
-                reason: reason.clone(),
-            }
-            .to_io()
-        })
-    }
-}
-
-/// Puts a channel on the ready list if it has something to send.
-fn schedule(ready: &mut VecDeque<u32>, id: u32, st: &mut ChanState, fx: &mut Effects) {
-    if !st.queued && st.wants_send() {
-        st.queued = true;
-        ready.push_back(id);
-        fx.kick = true;
-    }
-}
-
-fn violation(channel: u32, reason: impl Into<String>) -> ChanError {
-    ChanError::Protocol {
-        channel,
-        reason: reason.into(),
-    }
-}
-
-/// The entry a DATA, CREDIT or EOF frame is for: `None` for a channel this
-/// end already closed (the frame was in flight), an error for an id never
-/// opened or a channel in the wrong state.
-fn channel_for(
-    chans: &mut HashMap<u32, ChanState>,
-    past: bool,
-    id: u32,
-    kind: Kind,
-) -> Result<Option<&mut ChanState>, ChanError> {
-    match chans.get_mut(&id) {
-        None if past => Ok(None),
-        None => Err(violation(id, format!("{kind} for a channel never opened"))),
-        Some(st) if st.opening.is_some() => Err(violation(id, format!("{kind} before OPEN_OK"))),
-        Some(st) if st.peer_reset.is_some() => {
-            Err(violation(id, format!("{kind} after the peer's RESET")))
-        }
-        Some(st) => Ok(Some(st)),
-    }
-}
+/// Control frames (answers to the peer's frames, credits) that may wait
+/// unwritten; beyond this the peer is sending requests without reading
+/// the answers, and the connection ends rather than grow the queue.
+const MAX_CTL: usize = 1 << 20;
 
 /// The whole multiplexer state (behind one lock).
 #[derive(Debug)]
@@ -277,6 +126,20 @@ impl Inner {
     /// Applies one frame from the peer. An error ends the connection.
     pub(super) fn on_frame(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), ChanError> {
         self.stats.frames_received += 1;
+        self.apply(frame, fx)?;
+        if self.ctl.len() > MAX_CTL {
+            return Err(violation(
+                CONNECTION,
+                format!(
+                    "{} bytes of answers wait unwritten: the peer does not read them",
+                    self.ctl.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, frame: Frame, fx: &mut Effects) -> Result<(), ChanError> {
         let Some(peer_window) = self.peer_window else {
             return match frame {
                 Frame::Hello(h) if h.role == self.role => Err(ChanError::SameRole { role: h.role }),
@@ -587,10 +450,10 @@ impl Inner {
         let Some(st) = self.chans.get_mut(&id) else {
             return Poll::Ready(Err(gone(id)));
         };
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if st.rx_len > 0 {
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
             let mut n = 0;
             while buf.remaining() > 0 {
                 let Some(front) = st.rx.front_mut() else {

@@ -807,3 +807,29 @@ async fn a_cancelled_open_resets_the_channel() {
     assert_eq!(guard(next).await.unwrap().unwrap(), 3);
     assert!(h.error().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_cannot_grow_the_answer_queue() {
+    let ((h, inc), mut raw) = Raw::start(MuxConfig::new(Role::Client));
+    drop(inc); // every OPEN is answered with a RESET
+    raw.hello(Role::Server, 1 << 16).await;
+    // OPENs, never reading the RESETs: after the stream's buffer fills,
+    // the answers queue up until the mux gives up on the peer.
+    let mut batch = BytesMut::new();
+    let mut id = 2u32;
+    let flood = async {
+        loop {
+            batch.clear();
+            for _ in 0..1000 {
+                Frame::Open(id).encode(&mut batch).unwrap();
+                id += 2;
+            }
+            if raw.io.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    };
+    let (err, ()) = guard(async { tokio::join!(h.closed(), flood) }).await;
+    let err = err.unwrap_err();
+    assert!(err.to_string().contains("does not read"), "{err}");
+}
