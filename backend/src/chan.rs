@@ -9,47 +9,14 @@
 //!
 //! Counters of every connection so far are in [`ChanStats`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use xenring::chan::{serve_incoming, ChanError, Mux, MuxConfig, Role, Target};
+use xenring::chan::{serve_incoming, ChanError, ChanStats, Mux, MuxConfig, Role, Target};
 use xenring::xenbus::device::{BackendConn, DeviceError, DeviceInfo};
 
 use crate::device::BackendDevice;
-
-/// Counters of all chan connections of one daemon.
-#[derive(Debug, Default)]
-pub struct ChanStats {
-    /// Connections of devices (handshakes completed).
-    pub connections: AtomicU64,
-    /// Channels served.
-    pub channels: AtomicU64,
-    /// Bytes from the frontend to targets.
-    pub bytes_in: AtomicU64,
-    /// Bytes from targets to the frontend.
-    pub bytes_out: AtomicU64,
-    /// Event-channel notifications sent to frontends.
-    pub events_sent: AtomicU64,
-    /// Event-channel notifications received from frontends.
-    pub events_received: AtomicU64,
-}
-
-impl ChanStats {
-    /// One line of `key=value` pairs.
-    pub fn line(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "connections={} channels={} bytes_in={} bytes_out={} events_sent={} events_received={}",
-            g(&self.connections),
-            g(&self.channels),
-            g(&self.bytes_in),
-            g(&self.bytes_out),
-            g(&self.events_sent),
-            g(&self.events_received)
-        )
-    }
-}
 
 /// The chan backend device.
 #[derive(Debug, Default)]
@@ -98,21 +65,7 @@ impl BackendDevice for ChanBackend {
             let (handle, incoming) = Mux::start(stream, MuxConfig::new(Role::Server));
             let summary = serve_incoming(incoming, target, conn.stop_token()).await;
             drop(handle);
-            stats
-                .channels
-                .fetch_add(summary.connections, Ordering::Relaxed);
-            stats
-                .bytes_in
-                .fetch_add(summary.bytes_from_peer, Ordering::Relaxed);
-            stats
-                .bytes_out
-                .fetch_add(summary.bytes_to_peer, Ordering::Relaxed);
-            stats
-                .events_sent
-                .fetch_add(events.sent.load(Ordering::Relaxed), Ordering::Relaxed);
-            stats
-                .events_received
-                .fetch_add(events.received.load(Ordering::Relaxed), Ordering::Relaxed);
+            stats.record(&summary, &events);
             match summary.ended_by {
                 None | Some(ChanError::Closed) => Ok(()),
                 Some(e) => Err(DeviceError::PeerGone(format!("device {}: {e}", conn.id()))),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use xenring::xenbus::cli::{init_logging, shutdown_on_signals, CommonArgs};
+use xenring::xenbus::cli::{daemon_main, shutdown_on_signals, CommonArgs};
 
 use crate::chan::ChanBackend;
 use crate::device::{daemon, BackendDevice};
@@ -33,24 +33,7 @@ pub struct Args {
 
 /// Runs the daemon; returns the process's exit code.
 pub fn main_with(args: Args) -> ExitCode {
-    init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("xenring-backend: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("xenring-backend: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    daemon_main("xenring-backend", run(args))
 }
 
 async fn run(args: Args) -> Result<(), String> {

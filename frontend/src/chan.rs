@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use xenring::chan::{serve_listener, ChanError, Mux, MuxConfig, Role};
+use xenring::chan::{serve_listener, ChanError, ChanStats, Mux, MuxConfig, Role};
 use xenring::xenbus::device::{DeviceError, FrontendConn};
 use xenring::xenbus::paths::DeviceId;
 
@@ -27,39 +27,6 @@ use crate::device::FrontendDevice;
 
 /// Ring sizes of the vchan: 2^16 bytes each way (16 granted pages each).
 pub const RING_ORDER: u16 = 16;
-
-/// Counters of all chan connections of one daemon.
-#[derive(Debug, Default)]
-pub struct ChanStats {
-    /// Connections of devices (handshakes completed).
-    pub connections: AtomicU64,
-    /// Client connections served.
-    pub channels: AtomicU64,
-    /// Bytes from clients to the backend.
-    pub bytes_out: AtomicU64,
-    /// Bytes from the backend to clients.
-    pub bytes_in: AtomicU64,
-    /// Event-channel notifications sent to backends.
-    pub events_sent: AtomicU64,
-    /// Event-channel notifications received from backends.
-    pub events_received: AtomicU64,
-}
-
-impl ChanStats {
-    /// One line of `key=value` pairs.
-    pub fn line(&self) -> String {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "connections={} channels={} bytes_in={} bytes_out={} events_sent={} events_received={}",
-            g(&self.connections),
-            g(&self.channels),
-            g(&self.bytes_in),
-            g(&self.bytes_out),
-            g(&self.events_sent),
-            g(&self.events_received)
-        )
-    }
-}
 
 /// The chan frontend device.
 #[derive(Debug)]
@@ -135,21 +102,7 @@ impl FrontendDevice for ChanFrontend {
             let (handle, incoming) = Mux::start(stream, MuxConfig::new(Role::Client));
             drop(incoming);
             let summary = serve_listener(listener, handle, conn.stop_token()).await;
-            stats
-                .channels
-                .fetch_add(summary.connections, Ordering::Relaxed);
-            stats
-                .bytes_out
-                .fetch_add(summary.bytes_to_peer, Ordering::Relaxed);
-            stats
-                .bytes_in
-                .fetch_add(summary.bytes_from_peer, Ordering::Relaxed);
-            stats
-                .events_sent
-                .fetch_add(events.sent.load(Ordering::Relaxed), Ordering::Relaxed);
-            stats
-                .events_received
-                .fetch_add(events.received.load(Ordering::Relaxed), Ordering::Relaxed);
+            stats.record(&summary, &events);
             match summary.ended_by {
                 None | Some(ChanError::Closed) => Ok(()),
                 Some(e) => Err(DeviceError::PeerGone(format!("device {}: {e}", conn.id()))),

@@ -95,4 +95,6 @@ mod tests_proxy;
 pub use error::ChanError;
 pub use frame::{FrameError, Role};
 pub use mux::{Channel, Incoming, Mux, MuxConfig, MuxHandle, MuxStats, DEFAULT_WINDOW, MAX_WINDOW};
+mod stats;
 pub use proxy::{serve_incoming, serve_listener, ProxySummary, Target, TargetError};
+pub use stats::ChanStats;

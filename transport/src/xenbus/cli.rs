@@ -144,3 +144,29 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     });
     Ok(token)
 }
+
+/// A daemon binary's `main`: logging, a multi-threaded runtime, `run`;
+/// prints `<name>: <error>` and returns exit code 1 when it fails.
+pub fn daemon_main<F>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
