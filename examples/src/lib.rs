@@ -1,8 +1,17 @@
 //! Small programs built on xenring that a reader can follow in one sitting.
 //! Each example in `examples/` is a thin `main` around a function here, so
 //! that the tests exercise exactly what the example runs.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`echo_driver`] | a split driver with its own request/response protocol: backend, frontend, application |
+//! | [`embedded_service`] | a dom0 service that embeds the backend daemon and serves guests' sockets itself |
+//! | [`demo`] | the one-command demo (`xenring-demo`) |
+//! | [`system`] | a whole simulated system in one process tree, for the demo and the tests |
 
 pub mod demo;
+pub mod echo_driver;
+pub mod embedded_service;
 pub mod system;
 
 use std::path::Path;
