@@ -45,11 +45,19 @@ pub(super) struct Inner {
     refill: Mutex<()>,
     /// Set by [`SimDomain::disconnect`]: the session is over.
     severed: AtomicBool,
-    /// Shares whose end was refused while the peer mapped them; retried.
+    /// Shares whose end was refused while the peer mapped them; retried
+    /// at the next share and by a retry thread every [`RETRY_DEFERRED`]
+    /// while any are left (as Linux retries a deferred
+    /// `gnttab_end_foreign_access` from a timer).
     pub(super) deferred: Mutex<Vec<ShareState>>,
+    /// Whether the retry thread is running.
+    retrying: AtomicBool,
     /// Open ports and where their notifications go.
     pub(super) ports: Mutex<HashMap<Port, Arc<OwnedFd>>>,
 }
+
+/// How often deferred share ends are retried.
+pub const RETRY_DEFERRED: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A domain of the simulated host, as seen from inside it.
 #[derive(Debug, Clone)]
@@ -186,6 +194,7 @@ impl SimDomain {
                 refill: Mutex::new(()),
                 severed: AtomicBool::new(false),
                 deferred: Mutex::new(Vec::new()),
+                retrying: AtomicBool::new(false),
                 ports: Mutex::new(HashMap::new()),
             }),
         })
@@ -403,6 +412,41 @@ impl Inner {
         match self.call(req)?.0 {
             Reply::Ok => Ok(()),
             other => Err(reply_error(other)),
+        }
+    }
+
+    /// Defers the end of a share its peer still maps, and makes sure the
+    /// retry thread runs.
+    pub(super) fn defer(self: &Arc<Self>, state: ShareState) {
+        self.deferred.lock().expect("deferred lock").push(state);
+        if self.retrying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("xenring-sim-deferred".into())
+            .spawn(move || loop {
+                std::thread::sleep(RETRY_DEFERRED);
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.severed.load(Ordering::Acquire) {
+                    inner.retrying.store(false, Ordering::Release);
+                    return;
+                }
+                let left = inner.retry_deferred();
+                if left == 0 {
+                    inner.retrying.store(false, Ordering::Release);
+                    // A share deferred between the retry and the store
+                    // above found the flag set and spawned nothing.
+                    if inner.deferred.lock().expect("deferred lock").is_empty()
+                        || inner.retrying.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.retrying.store(false, Ordering::Release);
+            tracing::warn!(error = %e, "cannot start the deferred-share retry thread");
         }
     }
 

@@ -148,7 +148,7 @@ impl Drop for SimShare {
         if let Err(e) = self.state.try_end(&self.dom) {
             tracing::debug!(error = %e, "share still mapped at drop; ending it later");
             let state = std::mem::take(&mut self.state);
-            self.dom.deferred.lock().expect("deferred lock").push(state);
+            Inner::defer(&self.dom, state);
         }
     }
 }

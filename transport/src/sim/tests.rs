@@ -180,6 +180,29 @@ fn dropping_a_mapped_share_defers_its_end_until_unmapped() {
     h.report().assert_clean();
 }
 
+/// An idle domain (no further share to trigger a retry) still ends a
+/// deferred share once the peer unmaps: the retry thread does it.
+#[test]
+fn a_deferred_share_is_ended_without_another_share() {
+    let (_d, h) = host();
+    let (d0, d1) = (join(&h, 0), join(&h, 1));
+    let share = d1.share_pages(0, 1, Access::ReadWrite).unwrap();
+    let map = d0.map_grants(1, share.refs(), Access::ReadWrite).unwrap();
+    drop(share);
+    drop(map);
+    // Bounded wait for the retry thread (a hang guard, not a timing check).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !h.report().leaks().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred share was never ended: {:?}",
+            h.report().leaks()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(d1.retry_deferred(), 0);
+}
+
 #[test]
 fn misuse_double_unmap_is_bad_handle() {
     let (_d, h) = host();

@@ -135,6 +135,23 @@ struct Task {
     shutdown: CancellationToken,
     end: Option<TaskEnd>,
     ending: Option<TaskEnd>,
+    finished: bool,
+}
+
+/// On every way out (an error included), the device's connection is
+/// stopped and the driver told, so nothing it holds outlives the task.
+impl Drop for Task {
+    fn drop(&mut self) {
+        if let Some(run) = self.device.take() {
+            run.stop.cancel();
+            run.join.abort();
+            self.driver.disconnected(&self.info.id);
+        }
+        if !self.finished {
+            self.finished = true;
+            self.driver.finished(&self.info.id);
+        }
+    }
 }
 
 /// Runs a device task until the device is removed, its peer's domain is
@@ -175,6 +192,7 @@ pub async fn run_device(
         shutdown: shutdown.clone(),
         end: None,
         ending: None,
+        finished: false,
         cfg,
         peer_dir,
     };
@@ -193,7 +211,7 @@ pub async fn run_device(
         }
     }
     let mut watch = xs.watch(&format!("{}/state", t.peer_dir)).await?;
-    let peer = read_state(&xs, &t.peer_dir).await?;
+    let peer = peer_state(&xs, &t.peer_dir).await?;
     tracing::info!(dev = %t.info.id, ?side, peer = peer.name(), "device task started");
     t.feed(Input::Start { peer }).await?;
     t.own_changed().await?;
@@ -216,7 +234,7 @@ pub async fn run_device(
                 shutdown_seen = true;
                 Some(Input::Shutdown)
             }
-            Wake::Peer => Some(Input::Peer(read_state(&xs, &t.peer_dir).await?)),
+            Wake::Peer => Some(Input::Peer(peer_state(&xs, &t.peer_dir).await?)),
             Wake::WatchEnded => {
                 return Err(XenbusError::WatchEnded {
                     path: t.peer_dir.clone(),
@@ -241,6 +259,7 @@ pub async fn run_device(
         }
     }
     let end = t.end.expect("loop ended");
+    t.finished = true;
     t.driver.finished(&t.info.id);
     tracing::info!(dev = %t.info.id, ?side, ?end, "device task ended");
     Ok(end)
@@ -433,6 +452,20 @@ impl Task {
                 self.info.id
             ))),
         }
+    }
+}
+
+/// The peer's state; a node this end may no longer read is gone: an
+/// unprivileged reader gets EACCES, not ENOENT, for a node whose parent
+/// the toolstack removed.
+async fn peer_state(xs: &XsClient, dir: &str) -> Result<XenbusState, XenbusError> {
+    match read_state(xs, dir).await {
+        Err(XenbusError::Xs { error, .. })
+            if error.errno() == Some(crate::abi::xs_wire::XsErrno::Eacces) =>
+        {
+            Ok(XenbusState::Unknown)
+        }
+        other => other,
     }
 }
 

@@ -47,6 +47,11 @@ pub struct ClientOptions {
     pub watch_queue: usize,
     /// Most attempts of a transaction that keeps conflicting.
     pub transaction_attempts: u32,
+    /// Most transactions this client has open at once; more wait for one
+    /// to end. Below C xenstored's default quota of 10 per domain, so that
+    /// many tasks sharing one client (a daemon's devices) wait instead of
+    /// getting ENOSPC.
+    pub max_transactions: usize,
 }
 
 impl Default for ClientOptions {
@@ -55,6 +60,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             watch_queue: 64,
             transaction_attempts: 16,
+            max_transactions: 8,
         }
     }
 }
@@ -73,12 +79,14 @@ pub(super) struct Inner {
     reconnected: tokio::sync::watch::Sender<u64>,
     pub(super) watches: Mutex<HashMap<u64, WatchReg>>,
     next_watch: AtomicU64,
+    /// One permit per transaction that may be open.
+    pub(super) txn_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A XenStore client. Clones share one pair of connections.
 #[derive(Clone)]
 pub struct XsClient {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for XsClient {
@@ -144,6 +152,7 @@ impl XsClient {
         let (reconnected, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
             path,
+            txn_slots: Arc::new(tokio::sync::Semaphore::new(opts.max_transactions.max(1))),
             opts,
             conn: Mutex::new(Conn {
                 xs,

@@ -11,6 +11,9 @@ use super::error::{absent_as_none, check_path, check_payload, XsError};
 pub struct XsTxn {
     client: XsClient,
     id: u32,
+    /// Held while the transaction is open (see
+    /// [`ClientOptions::max_transactions`](super::ClientOptions::max_transactions)).
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl XsTxn {
@@ -133,8 +136,16 @@ fn backoff(attempt: u32) -> std::time::Duration {
 }
 
 impl XsClient {
-    /// Starts a transaction.
+    /// Starts a transaction (waiting first while this client already has
+    /// its most transactions open).
     pub async fn begin(&self) -> Result<XsTxn, XsError> {
+        let slot = self
+            .inner
+            .txn_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the transaction semaphore is never closed");
         let m = XsClient::build(
             "transaction-start",
             "",
@@ -154,6 +165,7 @@ impl XsClient {
         Ok(XsTxn {
             client: self.clone(),
             id,
+            _slot: slot,
         })
     }
 
