@@ -299,7 +299,10 @@ fn a_created_domain_outlives_a_killed_process_and_takes_a_new_one() {
     let out = finish(mapper, "domain 0 (mapper)");
     assert!(String::from_utf8_lossy(&out.stdout).contains("rounds=1000"));
     finish(second, "domain 5 (second process)");
-    let r = wait_for(&host, |r| r.domains.len() == 1);
+    // The host sees the process's connection close a moment after it exits.
+    let r = wait_for(&host, |r| {
+        r.domains.len() == 1 && r.domain(5).is_some_and(|d| d.sessions == 0)
+    });
     assert_eq!(r.domain(5).unwrap().sessions, 0);
     r.assert_clean();
 

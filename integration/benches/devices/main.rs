@@ -29,6 +29,13 @@
 //! another), `XENRING_BENCH_KEEP_LOGS=1` (keep the daemons' logs and smaps
 //! in `target/xenring-bench/devices-logs`).
 
+/// The transport benches' shared helpers (`machine()`, naming the machine
+/// the same way in every result).
+#[allow(dead_code)]
+#[path = "../../../transport/benches/transport/common.rs"]
+mod common;
+use common::machine;
+
 mod baseline;
 mod mem;
 mod run;
@@ -379,22 +386,6 @@ fn comparison_rows(
         dev.as_secs_f64() / pair.as_secs_f64(),
         "x",
     );
-}
-
-/// CPU model and core count.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("{cpu}, {cores} cores")
 }
 
 /// The raw memory readings, one table per kind of process: a column per

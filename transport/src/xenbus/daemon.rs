@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::paths::{DeviceId, Side};
+use super::state::parse_domid_key;
 use super::task::{run_device, Control, Driver, TaskConfig, TaskEnd};
 use super::XenbusError;
 use crate::platform::{DomId, Platform};
@@ -71,7 +72,9 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// A running device task, by its own directory.
 struct Entry {
+    id: DeviceId,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -134,7 +137,7 @@ impl Daemon {
             watches.push(w.map(|p| (String::new(), p)).boxed());
         }
         let mut events = select_all(watches);
-        let mut tasks: HashMap<DeviceId, Entry> = HashMap::new();
+        let mut tasks: HashMap<String, Entry> = HashMap::new();
         let mut set: JoinSet<(DeviceId, Result<TaskEnd, XenbusError>)> = JoinSet::new();
         let devices = CancellationToken::new();
         tracing::info!(side = ?self.side, domid = self.platform.domid(),
@@ -178,13 +181,13 @@ impl Daemon {
     fn reap(
         &self,
         done: Result<(DeviceId, Result<TaskEnd, XenbusError>), tokio::task::JoinError>,
-        tasks: &mut HashMap<DeviceId, Entry>,
+        tasks: &mut HashMap<String, Entry>,
     ) {
         let mut st = self.stats.lock().expect("stats lock");
         st.running = st.running.saturating_sub(1);
         match done {
             Ok((id, r)) => {
-                tasks.remove(&id);
+                tasks.remove(&id.dir(self.side));
                 match r {
                     Ok(TaskEnd::Removed) => st.removed += 1,
                     Ok(TaskEnd::PeerGone) => st.peer_gone += 1,
@@ -206,7 +209,7 @@ impl Daemon {
     async fn rescan(
         &self,
         kind: &str,
-        tasks: &mut HashMap<DeviceId, Entry>,
+        tasks: &mut HashMap<String, Entry>,
         set: &mut JoinSet<(DeviceId, Result<TaskEnd, XenbusError>)>,
         devices: &CancellationToken,
     ) -> Result<(), XenbusError> {
@@ -247,7 +250,7 @@ impl Daemon {
         &self,
         kind: &str,
         path: &str,
-        tasks: &mut HashMap<DeviceId, Entry>,
+        tasks: &mut HashMap<String, Entry>,
         set: &mut JoinSet<(DeviceId, Result<TaskEnd, XenbusError>)>,
         devices: &CancellationToken,
     ) -> Result<(), XenbusError> {
@@ -264,10 +267,7 @@ impl Daemon {
             return self.rescan(kind, tasks, set, devices).await;
         }
         let dir = format!("{base}/{}", parts[..depth].join("/"));
-        let known = tasks
-            .iter()
-            .find(|(id, _)| self.own_dir(id) == dir)
-            .map(|(_, e)| e.control.clone());
+        let known = tasks.get(&dir).map(|e| e.control.clone());
         match known {
             Some(c) => {
                 let _ = c.send(Control::OwnChanged);
@@ -277,29 +277,22 @@ impl Daemon {
         }
     }
 
-    fn own_dir(&self, id: &DeviceId) -> String {
-        match self.side {
-            Side::Backend => id.backend_dir(),
-            Side::Frontend => id.frontend_dir(),
-        }
-    }
-
     /// Starts a task for the device at `dir` if it is complete and new.
     async fn consider(
         &self,
         kind: &str,
         dir: &str,
-        tasks: &mut HashMap<DeviceId, Entry>,
+        tasks: &mut HashMap<String, Entry>,
         set: &mut JoinSet<(DeviceId, Result<TaskEnd, XenbusError>)>,
         devices: &CancellationToken,
     ) -> Result<(), XenbusError> {
+        if tasks.contains_key(dir) {
+            return Ok(());
+        }
         let id = match self.device_at(kind, dir).await? {
             Some(id) => id,
             None => return Ok(()),
         };
-        if tasks.contains_key(&id) {
-            return Ok(());
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg = TaskConfig {
             xs: self.xs.clone(),
@@ -311,7 +304,13 @@ impl Daemon {
         let token = devices.child_token();
         let tid = id.clone();
         set.spawn(async move { (tid, run_device(cfg, driver, rx, token).await) });
-        tasks.insert(id.clone(), Entry { control: tx });
+        tasks.insert(
+            dir.to_string(),
+            Entry {
+                id: id.clone(),
+                control: tx,
+            },
+        );
         let mut st = self.stats.lock().expect("stats lock");
         st.started += 1;
         st.running += 1;
@@ -320,58 +319,47 @@ impl Daemon {
     }
 
     /// The device whose directory is `dir`, once its `state` exists;
-    /// `None` if it is not (or no longer) a complete device.
+    /// `None` if it is not (or no longer) a complete device, or its path or
+    /// `backend-id` is not a device's (logged).
     async fn device_at(&self, kind: &str, dir: &str) -> Result<Option<DeviceId>, XenbusError> {
         if self.xs.read_opt(&format!("{dir}/state")).await?.is_none() {
             return Ok(None);
         }
-        let me: DomId = self.platform.domid();
-        let last = |p: &str| p.rsplit('/').next().unwrap_or("").to_string();
-        let parse = |what: &str, v: &str| -> Option<u32> {
-            let ok = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
-            let n = if ok { v.parse().ok() } else { None };
-            if n.is_none() {
-                tracing::warn!(dir, what, value = v, "ignoring a device with a bad id");
-            }
-            n
-        };
-        let devid = match parse("devid", &last(dir)) {
-            Some(d) => d,
-            None => return Ok(None),
-        };
-        let (frontend, backend) = match self.side {
-            Side::Backend => {
-                let fe = last(dir.rsplit_once('/').map(|x| x.0).unwrap_or(""));
-                match parse("frontend domid", &fe).and_then(|v| DomId::try_from(v).ok()) {
-                    Some(fe) => (fe, me),
-                    None => return Ok(None),
-                }
-            }
+        let parsed = match self.side {
+            Side::Backend => DeviceId::from_backend_dir(dir),
             Side::Frontend => {
-                let be = self.xs.read_opt(&format!("{dir}/backend-id")).await?;
-                let Some(be) = be else {
-                    tracing::warn!(dir, "device has no backend-id yet");
-                    return Ok(None);
-                };
-                match parse("backend-id", &be).and_then(|v| DomId::try_from(v).ok()) {
-                    Some(be) => (me, be),
-                    None => return Ok(None),
-                }
+                let keys: BTreeMap<String, String> = self
+                    .xs
+                    .read_opt(&format!("{dir}/backend-id"))
+                    .await?
+                    .map(|v| ("backend-id".to_string(), v))
+                    .into_iter()
+                    .collect();
+                parse_domid_key(&keys, dir, "backend-id")
+                    .and_then(|be| DeviceId::from_frontend_dir(dir, be))
             }
         };
-        Ok(Some(DeviceId {
-            kind: kind.to_string(),
-            frontend,
-            backend,
-            devid,
-        }))
+        match parsed {
+            Ok(id) if id.kind == kind && id.domid(self.side) == self.platform.domid() => {
+                Ok(Some(id))
+            }
+            Ok(id) => {
+                tracing::warn!(dir, dev = %id, "ignoring a device that is not this domain's");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(dir, error = %e, "ignoring a device with a bad path or backend-id");
+                Ok(None)
+            }
+        }
     }
 
     /// After @releaseDomain: tells the devices whose frontend domain is
     /// gone.
-    async fn released(&self, tasks: &HashMap<DeviceId, Entry>) -> Result<(), XenbusError> {
+    async fn released(&self, tasks: &HashMap<String, Entry>) -> Result<(), XenbusError> {
         let mut checked: HashMap<DomId, bool> = HashMap::new();
-        for (id, e) in tasks {
+        for e in tasks.values() {
+            let id = &e.id;
             if id.frontend == 0 || id.frontend == self.platform.domid() {
                 continue;
             }

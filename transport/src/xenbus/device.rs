@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::paths::DeviceId;
+use super::state::{parse_port_key, parse_u32_key};
+use super::XenbusError;
 use crate::platform::{DomId, GrantRef, Platform, Port};
 use crate::ring::{AsyncRingError, RingClient, RingEntry, RingServer, Tagged};
 use crate::stream::{SetupError, StreamError, VchanAddress, VchanServer, VchanStream};
@@ -154,27 +156,28 @@ struct Core {
 }
 
 impl Core {
+    /// A key error as the device's failure (naming the device).
+    fn failed(&self, e: XenbusError) -> DeviceError {
+        DeviceError::Failed(format!("device {}: {e}", self.info.id))
+    }
+
     fn peer_key(&self, key: &str) -> Result<&str, DeviceError> {
         self.peer_keys.get(key).map(String::as_str).ok_or_else(|| {
-            DeviceError::Failed(format!(
-                "device {}: missing key {}/{key}",
-                self.info.id, self.peer_dir
-            ))
+            self.failed(XenbusError::BadKey {
+                path: self.peer_dir.clone(),
+                key: key.to_string(),
+                value: None,
+                why: "the peer did not write it".into(),
+            })
         })
     }
 
-    fn peer_u32(&self, key: &str, what: &str) -> Result<u32, DeviceError> {
-        let v = self.peer_key(key)?;
-        let bad = || {
-            DeviceError::Failed(format!(
-                "device {}: {}/{key} = {v:?} is not a valid {what}",
-                self.info.id, self.peer_dir
-            ))
-        };
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        v.parse::<u32>().map_err(|_| bad())
+    fn peer_u32(&self, key: &str) -> Result<u32, DeviceError> {
+        parse_u32_key(&self.peer_keys, &self.peer_dir, key).map_err(|e| self.failed(e))
+    }
+
+    fn peer_port(&self, key: &str) -> Result<Port, DeviceError> {
+        parse_port_key(&self.peer_keys, &self.peer_dir, key).map_err(|e| self.failed(e))
     }
 
     async fn ready(&mut self, keys: Vec<(String, String)>) -> Result<(), DeviceError> {
@@ -229,7 +232,7 @@ macro_rules! common_conn_methods {
         /// A decimal u32 key of the other end, or [`DeviceError::Failed`]
         /// naming the key and the bad value.
         pub fn peer_u32(&self, key: &str) -> Result<u32, DeviceError> {
-            self.core.peer_u32(key, "number")
+            self.core.peer_u32(key)
         }
 
         /// A token cancelled when the daemon wants this connection to end.
@@ -277,9 +280,9 @@ impl BackendConn {
     /// `ring-ref0`.. `ring-ref<2^order - 1>`.
     pub fn ring_refs(&self) -> Result<Vec<GrantRef>, DeviceError> {
         if !self.core.peer_keys.contains_key("ring-page-order") {
-            return Ok(vec![self.core.peer_u32("ring-ref", "grant reference")?]);
+            return Ok(vec![self.core.peer_u32("ring-ref")?]);
         }
-        let order = self.core.peer_u32("ring-page-order", "page order")?;
+        let order = self.core.peer_u32("ring-page-order")?;
         if order > MAX_RING_PAGE_ORDER {
             return Err(DeviceError::Failed(format!(
                 "device {}: ring-page-order {order} is above the maximum {MAX_RING_PAGE_ORDER}",
@@ -287,23 +290,13 @@ impl BackendConn {
             )));
         }
         (0..1u32 << order)
-            .map(|i| {
-                self.core
-                    .peer_u32(&format!("ring-ref{i}"), "grant reference")
-            })
+            .map(|i| self.core.peer_u32(&format!("ring-ref{i}")))
             .collect()
     }
 
     /// The frontend's `event-channel` port.
     pub fn event_channel(&self) -> Result<Port, DeviceError> {
-        let p = self.core.peer_u32("event-channel", "event-channel port")?;
-        if p == 0 {
-            return Err(DeviceError::Failed(format!(
-                "device {}: {}/event-channel = \"0\" is not a valid event-channel port",
-                self.core.info.id, self.core.peer_dir
-            )));
-        }
-        Ok(p)
+        self.core.peer_port("event-channel")
     }
 
     /// Maps the frontend's request/response ring (`protocol`, `ring-ref*`,
@@ -326,7 +319,7 @@ impl BackendConn {
     /// of its control page, `event-channel`).
     pub fn connect_stream(&self) -> Result<VchanStream, DeviceError> {
         let addr = self.vchan_address();
-        let rr = self.core.peer_u32("ring-ref", "grant reference")?;
+        let rr = self.core.peer_u32("ring-ref")?;
         let port = self.event_channel()?;
         crate::stream::connect_direct(self.core.platform.as_ref(), addr, rr, port).map_err(|e| {
             DeviceError::Failed(format!("device {}: connecting the stream: {e}", self.id()))

@@ -140,23 +140,66 @@ pub enum Phase {
     Done,
 }
 
-fn stop_if(running: bool, out: &mut Vec<Action>) {
-    if running {
-        out.push(Action::StopDevice);
+/// What both machines keep, and the inputs both handle alike.
+#[derive(Debug, Clone)]
+struct Common {
+    phase: Phase,
+    peer: XenbusState,
+    device_running: bool,
+    /// The peer's state when this end failed: a failed end tries again
+    /// only once the peer has moved (see each machine's `Failed` rule).
+    failed_at: Option<XenbusState>,
+    /// An error node was written and is to be cleared once connected.
+    errored: bool,
+}
+
+impl Common {
+    fn new() -> Common {
+        Common {
+            phase: Phase::Idle,
+            peer: XenbusState::Unknown,
+            device_running: false,
+            failed_at: None,
+            errored: false,
+        }
+    }
+
+    /// Stops the device's connection if it is started.
+    fn stop(&mut self, out: &mut Vec<Action>) {
+        if std::mem::take(&mut self.device_running) {
+            out.push(Action::StopDevice);
+        }
+    }
+
+    /// The device failed: error node, Closing, Closed; stays failed.
+    fn fail(&mut self, msg: String, out: &mut Vec<Action>) {
+        self.stop(out);
+        out.push(Action::WriteError(msg));
+        out.push(Action::Switch(XenbusState::Closing));
+        out.push(Action::Switch(XenbusState::Closed));
+        self.errored = true;
+        self.failed_at = Some(self.peer);
+        self.phase = Phase::Failed;
+    }
+
+    /// The task ends; `close` (shutdown) closes the device first unless it
+    /// is closed already.
+    fn finish(&mut self, close: bool, out: &mut Vec<Action>) {
+        self.stop(out);
+        if close && !matches!(self.phase, Phase::Closed | Phase::Failed | Phase::Idle) {
+            out.push(Action::Switch(XenbusState::Closing));
+            out.push(Action::Switch(XenbusState::Closed));
+        }
+        out.push(Action::Exit);
+        self.phase = Phase::Done;
     }
 }
 
 /// The backend's machine.
 #[derive(Debug, Clone)]
 pub struct BackendMachine {
-    phase: Phase,
-    peer: XenbusState,
+    c: Common,
     online: bool,
-    device_running: bool,
-    /// The frontend's state when this end failed: a failed backend tries
-    /// again only once the frontend has started over since.
-    failed_at: Option<XenbusState>,
-    errored: bool,
 }
 
 impl Default for BackendMachine {
@@ -169,115 +212,89 @@ impl BackendMachine {
     /// A machine that has not started.
     pub fn new() -> BackendMachine {
         BackendMachine {
-            phase: Phase::Idle,
-            peer: XenbusState::Unknown,
+            c: Common::new(),
             online: true,
-            device_running: false,
-            failed_at: None,
-            errored: false,
         }
     }
 
     /// Where it is.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.c.phase
     }
 
     /// The peer's last known state.
     pub fn peer(&self) -> XenbusState {
-        self.peer
+        self.c.peer
     }
 
     /// Whether the device's connection is started (and must be stopped).
     pub fn device_running(&self) -> bool {
-        self.device_running
+        self.c.device_running
     }
 
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: Input) -> Vec<Action> {
         use XenbusState as S;
         let mut out = Vec::new();
-        if self.phase == Phase::Done {
+        if self.c.phase == Phase::Done {
             return out;
         }
         match input {
             Input::Start { peer } => {
-                if self.phase != Phase::Idle {
+                if self.c.phase != Phase::Idle {
                     return out;
                 }
-                self.peer = peer;
+                self.c.peer = peer;
                 if matches!(peer, S::Initialised | S::Connected) {
                     // Left over from a previous backend: its rings are not
                     // ours to map. Make the frontend start over.
                     out.push(Action::Switch(S::Closed));
-                    self.phase = Phase::AwaitReset;
+                    self.c.phase = Phase::AwaitReset;
                 } else {
                     self.wait_for_frontend(&mut out);
                 }
             }
-            Input::Peer(s) => self.peer = s,
+            Input::Peer(s) => self.c.peer = s,
             Input::Ready => {
-                if self.phase == Phase::Starting {
+                if self.c.phase == Phase::Starting {
                     out.push(Action::Switch(S::Connected));
                     out.push(Action::Activate);
-                    if std::mem::take(&mut self.errored) {
+                    if std::mem::take(&mut self.c.errored) {
                         out.push(Action::ClearError);
                     }
-                    self.phase = Phase::Running;
+                    self.c.phase = Phase::Running;
                 }
             }
             Input::Ended => {
-                if matches!(self.phase, Phase::Starting | Phase::Running) {
-                    out.push(Action::StopDevice);
-                    self.device_running = false;
+                if matches!(self.c.phase, Phase::Starting | Phase::Running) {
+                    self.c.stop(&mut out);
                     out.push(Action::Switch(S::Closed));
-                    self.phase = Phase::Closed;
+                    self.c.phase = Phase::Closed;
                 }
             }
-            Input::Failed(msg) => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                out.push(Action::WriteError(msg));
-                out.push(Action::Switch(S::Closing));
-                out.push(Action::Switch(S::Closed));
-                self.errored = true;
-                self.failed_at = Some(self.peer);
-                self.phase = Phase::Failed;
-            }
+            Input::Failed(msg) => self.c.fail(msg, &mut out),
             Input::Offline => {
                 self.online = false;
-                if !matches!(self.phase, Phase::Closed | Phase::Failed | Phase::Idle) {
-                    stop_if(self.device_running, &mut out);
-                    self.device_running = false;
+                if !matches!(self.c.phase, Phase::Closed | Phase::Failed | Phase::Idle) {
+                    self.c.stop(&mut out);
                     out.push(Action::Switch(S::Closing));
-                    self.phase = Phase::Closing;
+                    self.c.phase = Phase::Closing;
                 }
             }
             Input::Shutdown => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                if !matches!(self.phase, Phase::Closed | Phase::Failed | Phase::Idle) {
-                    out.push(Action::Switch(S::Closing));
-                    out.push(Action::Switch(S::Closed));
-                }
-                out.push(Action::Exit);
-                self.phase = Phase::Done;
+                self.c.finish(true, &mut out);
                 return out;
             }
             Input::Removed => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                out.push(Action::Exit);
-                self.phase = Phase::Done;
+                self.c.finish(false, &mut out);
                 return out;
             }
             Input::PeerGone => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
+                self.c.stop(&mut out);
                 out.push(Action::Switch(S::Closed));
                 out.push(Action::RemoveNodes);
                 out.push(Action::Exit);
-                self.phase = Phase::Done;
+                self.c.phase = Phase::Done;
                 return out;
             }
         }
@@ -288,16 +305,16 @@ impl BackendMachine {
     fn wait_for_frontend(&mut self, out: &mut Vec<Action>) {
         out.push(Action::PublishFeatures);
         out.push(Action::Switch(XenbusState::InitWait));
-        self.phase = Phase::Waiting;
+        self.c.phase = Phase::Waiting;
     }
 
     /// Acts on (phase, peer) until nothing changes.
     fn settle(&mut self, out: &mut Vec<Action>) {
         use XenbusState as S;
         loop {
-            let before = self.phase;
-            let peer = self.peer;
-            match self.phase {
+            let before = self.c.phase;
+            let peer = self.c.peer;
+            match self.c.phase {
                 Phase::AwaitReset => {
                     if !matches!(peer, S::Initialised | S::Connected) && self.online {
                         self.wait_for_frontend(out);
@@ -306,40 +323,37 @@ impl BackendMachine {
                 Phase::Waiting => match peer {
                     S::Initialised | S::Connected => {
                         out.push(Action::StartDevice);
-                        self.device_running = true;
-                        self.phase = Phase::Starting;
+                        self.c.device_running = true;
+                        self.c.phase = Phase::Starting;
                     }
                     S::Closing | S::Closed | S::Unknown => {
                         out.push(Action::Switch(S::Closed));
-                        self.phase = Phase::Closed;
+                        self.c.phase = Phase::Closed;
                     }
                     _ => {}
                 },
                 Phase::Starting | Phase::Running => match peer {
                     S::Initialising | S::InitWait => {
                         // The frontend started over (its daemon restarted).
-                        out.push(Action::StopDevice);
-                        self.device_running = false;
+                        self.c.stop(out);
                         self.wait_for_frontend(out);
                     }
                     S::Closing => {
-                        out.push(Action::StopDevice);
-                        self.device_running = false;
+                        self.c.stop(out);
                         out.push(Action::Switch(S::Closing));
-                        self.phase = Phase::Closing;
+                        self.c.phase = Phase::Closing;
                     }
                     S::Closed | S::Unknown => {
-                        out.push(Action::StopDevice);
-                        self.device_running = false;
+                        self.c.stop(out);
                         out.push(Action::Switch(S::Closed));
-                        self.phase = Phase::Closed;
+                        self.c.phase = Phase::Closed;
                     }
                     _ => {}
                 },
                 Phase::Closing => {
                     if !matches!(peer, S::Closing | S::Connected | S::Initialised) {
                         out.push(Action::Switch(S::Closed));
-                        self.phase = Phase::Closed;
+                        self.c.phase = Phase::Closed;
                     }
                 }
                 Phase::Closed => {
@@ -348,15 +362,15 @@ impl BackendMachine {
                     }
                 }
                 Phase::Failed => {
-                    let moved = self.failed_at.is_some_and(|at| at != S::Initialising);
+                    let moved = self.c.failed_at.is_some_and(|at| at != S::Initialising);
                     if moved && self.online && peer == S::Initialising {
-                        self.failed_at = None;
+                        self.c.failed_at = None;
                         self.wait_for_frontend(out);
                     }
                 }
                 Phase::Idle | Phase::Offered | Phase::Done => {}
             }
-            if self.phase == before {
+            if self.c.phase == before {
                 return;
             }
         }
@@ -366,13 +380,7 @@ impl BackendMachine {
 /// The frontend's machine.
 #[derive(Debug, Clone)]
 pub struct FrontendMachine {
-    phase: Phase,
-    peer: XenbusState,
-    device_running: bool,
-    /// The backend's state when this end failed: a failed frontend tries
-    /// again only after the backend has moved.
-    failed_at: Option<XenbusState>,
-    errored: bool,
+    c: Common,
 }
 
 impl Default for FrontendMachine {
@@ -384,92 +392,66 @@ impl Default for FrontendMachine {
 impl FrontendMachine {
     /// A machine that has not started.
     pub fn new() -> FrontendMachine {
-        FrontendMachine {
-            phase: Phase::Idle,
-            peer: XenbusState::Unknown,
-            device_running: false,
-            failed_at: None,
-            errored: false,
-        }
+        FrontendMachine { c: Common::new() }
     }
 
     /// Where it is.
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.c.phase
     }
 
     /// The peer's last known state.
     pub fn peer(&self) -> XenbusState {
-        self.peer
+        self.c.peer
     }
 
     /// Whether the device's connection is started (and must be stopped).
     pub fn device_running(&self) -> bool {
-        self.device_running
+        self.c.device_running
     }
 
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: Input) -> Vec<Action> {
         use XenbusState as S;
         let mut out = Vec::new();
-        if self.phase == Phase::Done {
+        if self.c.phase == Phase::Done {
             return out;
         }
         match input {
             Input::Start { peer } => {
-                if self.phase != Phase::Idle {
+                if self.c.phase != Phase::Idle {
                     return out;
                 }
-                self.peer = peer;
+                self.c.peer = peer;
                 // Whatever a previous frontend left, start over: a backend
                 // that was connected to it sees Initialising and resets.
                 self.restart(&mut out);
             }
-            Input::Peer(s) => self.peer = s,
+            Input::Peer(s) => self.c.peer = s,
             Input::Ready => {
-                if self.phase == Phase::Starting {
+                if self.c.phase == Phase::Starting {
                     out.push(Action::PublishKeys);
                     out.push(Action::Switch(S::Initialised));
-                    self.phase = Phase::Offered;
+                    self.c.phase = Phase::Offered;
                 }
             }
             Input::Ended => {
                 if matches!(
-                    self.phase,
+                    self.c.phase,
                     Phase::Starting | Phase::Offered | Phase::Running
                 ) {
-                    out.push(Action::StopDevice);
-                    self.device_running = false;
+                    self.c.stop(&mut out);
                     self.restart(&mut out);
                 }
             }
-            Input::Failed(msg) => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                out.push(Action::WriteError(msg));
-                out.push(Action::Switch(S::Closing));
-                out.push(Action::Switch(S::Closed));
-                self.errored = true;
-                self.failed_at = Some(self.peer);
-                self.phase = Phase::Failed;
-            }
+            Input::Failed(msg) => self.c.fail(msg, &mut out),
             Input::Offline | Input::PeerGone => {}
             Input::Shutdown => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                if !matches!(self.phase, Phase::Closed | Phase::Failed | Phase::Idle) {
-                    out.push(Action::Switch(S::Closing));
-                    out.push(Action::Switch(S::Closed));
-                }
-                out.push(Action::Exit);
-                self.phase = Phase::Done;
+                self.c.finish(true, &mut out);
                 return out;
             }
             Input::Removed => {
-                stop_if(self.device_running, &mut out);
-                self.device_running = false;
-                out.push(Action::Exit);
-                self.phase = Phase::Done;
+                self.c.finish(false, &mut out);
                 return out;
             }
         }
@@ -479,50 +461,45 @@ impl FrontendMachine {
 
     fn restart(&mut self, out: &mut Vec<Action>) {
         out.push(Action::Switch(XenbusState::Initialising));
-        self.phase = Phase::Waiting;
+        self.c.phase = Phase::Waiting;
     }
 
     fn close(&mut self, out: &mut Vec<Action>) {
-        if self.device_running {
-            out.push(Action::StopDevice);
-            self.device_running = false;
-        }
+        self.c.stop(out);
         out.push(Action::Switch(XenbusState::Closing));
         out.push(Action::Switch(XenbusState::Closed));
-        self.phase = Phase::Closed;
+        self.c.phase = Phase::Closed;
     }
 
     fn settle(&mut self, out: &mut Vec<Action>) {
         use XenbusState as S;
         loop {
-            let before = self.phase;
-            let peer = self.peer;
-            match self.phase {
+            let before = self.c.phase;
+            let peer = self.c.peer;
+            match self.c.phase {
                 Phase::Waiting => {
                     if matches!(peer, S::InitWait | S::Initialised) {
                         out.push(Action::StartDevice);
-                        self.device_running = true;
-                        self.phase = Phase::Starting;
+                        self.c.device_running = true;
+                        self.c.phase = Phase::Starting;
                     }
                 }
                 Phase::Starting | Phase::Offered | Phase::Running => match peer {
-                    S::Connected if self.phase == Phase::Offered => {
+                    S::Connected if self.c.phase == Phase::Offered => {
                         out.push(Action::Switch(S::Connected));
                         out.push(Action::Activate);
-                        if std::mem::take(&mut self.errored) {
+                        if std::mem::take(&mut self.c.errored) {
                             out.push(Action::ClearError);
                         }
-                        self.phase = Phase::Running;
+                        self.c.phase = Phase::Running;
                     }
                     S::Initialising => {
                         // The backend started over without closing.
-                        out.push(Action::StopDevice);
-                        self.device_running = false;
+                        self.c.stop(out);
                         self.restart(out);
                     }
-                    S::InitWait if self.phase == Phase::Running => {
-                        out.push(Action::StopDevice);
-                        self.device_running = false;
+                    S::InitWait if self.c.phase == Phase::Running => {
+                        self.c.stop(out);
                         self.restart(out);
                     }
                     S::Closing | S::Closed | S::Unknown => self.close(out),
@@ -531,14 +508,14 @@ impl FrontendMachine {
                 // Ready for a (new) backend at once.
                 Phase::Closed => self.restart(out),
                 Phase::Failed => {
-                    if self.failed_at.is_some_and(|at| at != peer) {
-                        self.failed_at = None;
+                    if self.c.failed_at.is_some_and(|at| at != peer) {
+                        self.c.failed_at = None;
                         self.restart(out);
                     }
                 }
                 Phase::Idle | Phase::AwaitReset | Phase::Closing | Phase::Done => {}
             }
-            if self.phase == before {
+            if self.c.phase == before {
                 return;
             }
         }

@@ -468,8 +468,3 @@ async fn peer_state(xs: &XsClient, dir: &str) -> Result<XenbusState, XenbusError
         other => other,
     }
 }
-
-/// The state a device's end is in, for reports.
-pub async fn end_state(xs: &XsClient, dir: &str) -> Result<XenbusState, XenbusError> {
-    read_state(xs, dir).await
-}
