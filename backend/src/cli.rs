@@ -11,20 +11,21 @@ use xenring::xenbus::cli::{daemon_main, shutdown_on_signals, CommonArgs};
 
 use crate::chan::ChanBackend;
 use crate::device::{daemon, BackendDevice};
+use crate::vbd::VbdBackend;
 
 /// Command-line options.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "xenring-backend",
     version,
-    about = "Serve xenring backend devices (chan) as this domain"
+    about = "Serve xenring backend devices (chan, vbd) as this domain"
 )]
 pub struct Args {
     /// Platform, domain and XenStore.
     #[command(flatten)]
     pub common: CommonArgs,
     /// Device kinds to serve, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "chan")]
+    #[arg(long, value_delimiter = ',', default_value = "chan,vbd")]
     pub devices: Vec<String>,
     /// How long a stopping device may take before it is dropped, in ms.
     #[arg(long, default_value_t = 5000)]
@@ -38,11 +39,17 @@ pub fn main_with(args: Args) -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let chan = Arc::new(ChanBackend::new());
+    let vbd = Arc::new(VbdBackend::new());
     let mut devices: Vec<Arc<dyn BackendDevice>> = Vec::new();
     for kind in &args.devices {
         match kind.as_str() {
             "chan" => devices.push(chan.clone()),
-            other => return Err(format!("unknown device kind {other:?} (built in: chan)")),
+            "vbd" => devices.push(vbd.clone()),
+            other => {
+                return Err(format!(
+                    "unknown device kind {other:?} (built in: chan, vbd)"
+                ))
+            }
         }
     }
     let shutdown = shutdown_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -52,5 +59,6 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(?stats, "backend daemon stopped");
     // The summary on stdout, for whoever started us (the demo reads it).
     println!("chan {}", chan.stats().line());
+    println!("vbd {}", vbd.stats().line());
     Ok(())
 }

@@ -8,12 +8,14 @@
 //! |---|---|
 //! | [`device`] | [`BackendDevice`] and how the daemon drives it |
 //! | [`chan`] | the `chan` backend: each channel to a Unix socket or TCP target |
+//! | [`vbd`] | the `vbd` backend (blkback): a raw image file over blkif |
 //! | [`cli`] | the `xenring-backend` daemon's command line |
 #![deny(missing_docs)]
 
 pub mod chan;
 pub mod cli;
 pub mod device;
+pub mod vbd;
 
 pub use device::{daemon, BackendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};

@@ -192,6 +192,48 @@ fn indirect_offset(i: usize) -> Result<usize, AbiError> {
     }
 }
 
+/// XenStore keys of the blkif negotiation (`public/io/blkif.h`). The
+/// backend writes its features and the disk's geometry; the frontend
+/// answers with its choices and its rings (per queue under `queue-N/` when
+/// it uses more than one).
+pub mod keys {
+    /// Backend: number of sectors of 512 bytes.
+    pub const SECTORS: &str = "sectors";
+    /// Backend: logical sector size in bytes.
+    pub const SECTOR_SIZE: &str = "sector-size";
+    /// Backend: physical sector size in bytes.
+    pub const PHYSICAL_SECTOR_SIZE: &str = "physical-sector-size";
+    /// Backend: `VDISK_*` flags (read-only, removable, cdrom).
+    pub const INFO: &str = "info";
+    /// Backend: 1 if `BLKIF_OP_FLUSH_DISKCACHE` is served.
+    pub const FEATURE_FLUSH_CACHE: &str = "feature-flush-cache";
+    /// Backend: 1 if `BLKIF_OP_WRITE_BARRIER` is served.
+    pub const FEATURE_BARRIER: &str = "feature-barrier";
+    /// Backend: 1 if `BLKIF_OP_DISCARD` is served.
+    pub const FEATURE_DISCARD: &str = "feature-discard";
+    /// Backend: discard granularity in bytes.
+    pub const DISCARD_GRANULARITY: &str = "discard-granularity";
+    /// Backend: discard alignment in bytes.
+    pub const DISCARD_ALIGNMENT: &str = "discard-alignment";
+    /// Backend: 1 if secure discard is served.
+    pub const DISCARD_SECURE: &str = "discard-secure";
+    /// Both ends: 1 if grants may be kept mapped across requests.
+    pub const FEATURE_PERSISTENT: &str = "feature-persistent";
+    /// Backend: most segments of one `BLKIF_OP_INDIRECT` request.
+    pub const FEATURE_MAX_INDIRECT_SEGMENTS: &str = "feature-max-indirect-segments";
+    /// Backend: largest ring page order accepted.
+    pub const MAX_RING_PAGE_ORDER: &str = "max-ring-page-order";
+    /// Frontend: ring page order used.
+    pub const RING_PAGE_ORDER: &str = "ring-page-order";
+    /// Backend: most queues (rings) accepted.
+    pub const MULTI_QUEUE_MAX_QUEUES: &str = "multi-queue-max-queues";
+    /// Frontend: number of queues used; each has `queue-N/ring-ref*` and
+    /// `queue-N/event-channel`.
+    pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
+    /// Bytes per sector of `sectors` and of every request.
+    pub const SECTOR_BYTES: usize = super::BLKIF_SECTOR_SIZE;
+}
+
 mod field {
     use core::ops::Range;
     pub const OPERATION: usize = 0;

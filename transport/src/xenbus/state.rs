@@ -233,8 +233,10 @@ pub async fn publish(
 }
 
 /// Every direct child of `dir` and its value (a child that is only a
-/// directory has the value `""`), read in one transaction so that the set
-/// is consistent. [`XenbusError::Removed`] if `dir` is gone.
+/// directory has the value `""`), and the children of such an empty child
+/// as `child/grandchild` (one level: the per-queue keys `queue-N/ring-ref`
+/// of multi-queue devices), read in one transaction so that the set is
+/// consistent. [`XenbusError::Removed`] if `dir` is gone.
 ///
 /// Cancellation safe (it only reads).
 pub async fn read_keys(xs: &XsClient, dir: &str) -> Result<BTreeMap<String, String>, XenbusError> {
@@ -248,6 +250,13 @@ pub async fn read_keys(xs: &XsClient, dir: &str) -> Result<BTreeMap<String, Stri
         let mut map = BTreeMap::new();
         for k in kids {
             let v = t.read(&format!("{d}/{k}")).await?;
+            if v.is_empty() {
+                let sub = format!("{d}/{k}");
+                for g in t.directory(&sub).await? {
+                    let gv = t.read(&format!("{sub}/{g}")).await?;
+                    map.insert(format!("{k}/{g}"), gv);
+                }
+            }
             map.insert(k, v);
         }
         Ok(Ok(map))
