@@ -12,22 +12,24 @@ use xenring::xenbus::cli::{daemon_main, shutdown_on_signals, CommonArgs};
 
 use crate::chan::ChanFrontend;
 use crate::device::{daemon, FrontendDevice};
+use crate::vbd::VbdFrontend;
 
 /// Command-line options.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "xenring-frontend",
     version,
-    about = "Run xenring frontend devices (chan) as this domain"
+    about = "Run xenring frontend devices (chan, vbd) as this domain"
 )]
 pub struct Args {
     /// Platform, domain and XenStore.
     #[command(flatten)]
     pub common: CommonArgs,
     /// Device kinds to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "chan")]
+    #[arg(long, value_delimiter = ',', default_value = "chan,vbd")]
     pub devices: Vec<String>,
-    /// Directory of the chan devices' Unix sockets (`chan-<devid>.sock`).
+    /// Directory of the devices' Unix sockets (`chan-<devid>.sock`,
+    /// `vbd-<devid>.sock`).
     #[arg(long, env = "XENRING_SOCKET_DIR")]
     pub socket_dir: Option<PathBuf>,
     /// How long a stopping device may take before it is dropped, in ms.
@@ -41,8 +43,14 @@ pub fn main_with(args: Args) -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if let Some(other) = args.devices.iter().find(|k| k.as_str() != "chan") {
-        return Err(format!("unknown device kind {other:?} (built in: chan)"));
+    if let Some(other) = args
+        .devices
+        .iter()
+        .find(|k| !matches!(k.as_str(), "chan" | "vbd"))
+    {
+        return Err(format!(
+            "unknown device kind {other:?} (built in: chan, vbd)"
+        ));
     }
     let shutdown = shutdown_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
     let (platform, xs) = args.common.connect().await.map_err(|e| e.to_string())?;
@@ -51,11 +59,17 @@ async fn run(args: Args) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("xenring-dom{}", platform.domid())),
     };
     let chan = Arc::new(ChanFrontend::new(&socket_dir).map_err(|e| e.to_string())?);
+    let vbd = Arc::new(VbdFrontend::new(&socket_dir).map_err(|e| e.to_string())?);
     let mut devices: Vec<Arc<dyn FrontendDevice>> = Vec::new();
     for kind in &args.devices {
         match kind.as_str() {
             "chan" => devices.push(chan.clone()),
-            other => return Err(format!("unknown device kind {other:?} (built in: chan)")),
+            "vbd" => devices.push(vbd.clone()),
+            other => {
+                return Err(format!(
+                    "unknown device kind {other:?} (built in: chan, vbd)"
+                ))
+            }
         }
     }
     let d = daemon(xs, platform, devices).with_grace(Duration::from_millis(args.grace_ms));
@@ -63,5 +77,6 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(?stats, "frontend daemon stopped");
     // The summary on stdout, for whoever started us (the demo reads it).
     println!("chan {}", chan.stats().line());
+    println!("vbd {}", vbd.stats().line());
     Ok(())
 }

@@ -9,12 +9,16 @@
 //! |---|---|
 //! | [`device`] | [`FrontendDevice`] and how the daemon drives it |
 //! | [`chan`] | the `chan` frontend: a Unix socket per device |
+//! | [`vbd`] | the `vbd` frontend (blkfront): the disk exported over NBD |
+//! | [`nbd`] | the NBD server (and a small client) the `vbd` frontend uses |
 //! | [`cli`] | the `xenring-frontend` daemon's command line |
 #![deny(missing_docs)]
 
 pub mod chan;
 pub mod cli;
 pub mod device;
+pub mod nbd;
+pub mod vbd;
 
 pub use device::{daemon, FrontendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};
