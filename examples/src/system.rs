@@ -256,6 +256,54 @@ impl System {
         Ok(id)
     }
 
+    /// Adds vbd device `devid` of frontend domain `fe` (backend dom0)
+    /// serving the raw image `image` (`params`), read-only if `readonly`
+    /// (`mode` = `r`, else `w`), as `xl block-attach` writes it.
+    pub async fn add_vbd(
+        &self,
+        fe: u16,
+        devid: u32,
+        image: &Path,
+        readonly: bool,
+    ) -> anyhow::Result<DeviceId> {
+        self.add_vbd_with(fe, devid, image, readonly, &[]).await
+    }
+
+    /// [`System::add_vbd`] with extra frontend keys (e.g. `nbd-tcp` =
+    /// `127.0.0.1:0` for an NBD export on loopback TCP too).
+    pub async fn add_vbd_with(
+        &self,
+        fe: u16,
+        devid: u32,
+        image: &Path,
+        readonly: bool,
+        frontend_keys: &[(&str, &str)],
+    ) -> anyhow::Result<DeviceId> {
+        let id = DeviceId {
+            kind: "vbd".into(),
+            frontend: fe,
+            backend: 0,
+            devid,
+        };
+        let mut spec = DeviceSpec::new(id.clone());
+        spec.backend_params
+            .push(("params".into(), image.display().to_string()));
+        spec.backend_params
+            .push(("mode".into(), if readonly { "r" } else { "w" }.into()));
+        spec.frontend_params.extend(
+            frontend_keys
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        create_device(&self.xs, &spec).await?;
+        Ok(id)
+    }
+
+    /// The NBD socket of vbd device `devid` in frontend domain `domid`.
+    pub fn vbd_socket(&self, domid: u16, devid: u32) -> PathBuf {
+        self.socket_dir(domid).join(format!("vbd-{devid}.sock"))
+    }
+
     /// Removes a device as `xl device-detach` would (waits for the backend
     /// to close, at most `timeout`).
     pub async fn remove(&self, id: &DeviceId, timeout: Duration) -> anyhow::Result<()> {
