@@ -39,8 +39,8 @@ use self::disk::{Disk, DiskError, Geometry, PagePool, Queue, Req, Rsp};
 use crate::device::FrontendDevice;
 use crate::nbd::{self, proto, Errno, Export, ExportInfo};
 
-/// Data pages granted per queue (4 MiB).
-pub const POOL_PAGES: usize = 1024;
+/// Data pages granted per queue (8 MiB: seven 1 MiB requests in flight).
+pub const POOL_PAGES: usize = 2048;
 /// Ring page order used when the backend allows it (4 pages, 128 slots).
 pub const RING_PAGE_ORDER: u32 = 2;
 /// Queues used when the backend allows them.
