@@ -85,6 +85,7 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
     }
     let transfer = t1.elapsed();
     let moved = per * opts.connections.max(1) as u64;
+    let block_lines = crate::demo_vbd::run_vbd_demo(&sys, 1, dir.path()).await?;
 
     sys.remove(&id, Duration::from_secs(10)).await?;
     let fe_status = frontend.terminate(Duration::from_secs(10))?;
@@ -103,7 +104,7 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
             .unwrap_or_else(|| "?".into())
     };
     let secs = transfer.as_secs_f64();
-    let lines = vec![
+    let mut lines = vec![
         "xenring demo: simulated Xen host; backend daemon in dom0, frontend daemon in domU 1"
             .to_string(),
         format!("  {:<10} {:<10} {:<10} {}", "device", "backend", "frontend", "create->connected"),
@@ -138,6 +139,9 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
             report.free_frames
         ),
     ];
+    // The block device's lines go before the teardown line.
+    let last = lines.len() - 1;
+    lines.splice(last..last, block_lines);
     sys.shutdown();
     Ok(DemoSummary {
         lines,
