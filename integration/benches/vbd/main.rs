@@ -351,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
         format!("{{\n  \"machine\": {machine:?},\n  \"image_mib\": {mib},\n  \"rows\": [\n");
     for (i, r) in rows.iter().enumerate() {
         csv += &format!(
-            "{},{},{},{:.1},{:.1}\n",
+            "{:?},{:?},{},{:.1},{:.1}\n",
             r.client, r.name, r.unit, r.qemu, r.ours
         );
         json += &format!(
