@@ -91,39 +91,85 @@ async fn malformed_requests_get_errors_and_the_daemon_carries_on() -> anyhow::Re
 
     let status = |r: Rsp| r.status();
     let mut bad: Vec<(&str, Req, i16)> = vec![
-        ("segment past its page", rw(BLKIF_OP_WRITE, 0, &[(page, 0, 8)], 1), BLKIF_RSP_ERROR),
-        ("first after last", rw(BLKIF_OP_READ, 0, &[(page, 5, 2)], 1), BLKIF_RSP_ERROR),
-        ("past the end", rw(BLKIF_OP_WRITE, SECTORS - 4, &[(page, 0, 7)], 1), BLKIF_RSP_ERROR),
-        ("sector wraps", rw(BLKIF_OP_WRITE, u64::MAX - 3, &[(page, 0, 7)], 1), BLKIF_RSP_ERROR),
+        (
+            "segment past its page",
+            rw(BLKIF_OP_WRITE, 0, &[(page, 0, 8)], 1),
+            BLKIF_RSP_ERROR,
+        ),
+        (
+            "first after last",
+            rw(BLKIF_OP_READ, 0, &[(page, 5, 2)], 1),
+            BLKIF_RSP_ERROR,
+        ),
+        (
+            "past the end",
+            rw(BLKIF_OP_WRITE, SECTORS - 4, &[(page, 0, 7)], 1),
+            BLKIF_RSP_ERROR,
+        ),
+        (
+            "sector wraps",
+            rw(BLKIF_OP_WRITE, u64::MAX - 3, &[(page, 0, 7)], 1),
+            BLKIF_RSP_ERROR,
+        ),
         ("no segment", rw(BLKIF_OP_WRITE, 0, &[], 0), BLKIF_RSP_ERROR),
-        ("12 segments", rw(BLKIF_OP_READ, 0, &[(page, 0, 0)], 12), BLKIF_RSP_ERROR),
-        ("grant never made", rw(BLKIF_OP_WRITE, 0, &[(4000, 0, 7)], 1), BLKIF_RSP_ERROR),
+        (
+            "12 segments",
+            rw(BLKIF_OP_READ, 0, &[(page, 0, 0)], 12),
+            BLKIF_RSP_ERROR,
+        ),
+        (
+            "grant never made",
+            rw(BLKIF_OP_WRITE, 0, &[(4000, 0, 7)], 1),
+            BLKIF_RSP_ERROR,
+        ),
         ("unknown operation", rw(4, 0, &[], 0), BLKIF_RSP_EOPNOTSUPP),
     ];
     let mut d = BlkifRequestDiscard::new_unchecked([0u8; 112]);
     d.set_operation(BLKIF_OP_DISCARD);
     d.set_sector_number(SECTORS - 1);
     d.set_nr_sectors(2);
-    bad.push(("discard past the end", Req::new_unchecked(d.into_inner()), BLKIF_RSP_ERROR));
+    bad.push((
+        "discard past the end",
+        Req::new_unchecked(d.into_inner()),
+        BLKIF_RSP_ERROR,
+    ));
     for n in [0u16, 5000] {
         let mut r = BlkifRequestIndirect::new_unchecked([0u8; 112]);
         r.set_operation(BLKIF_OP_INDIRECT);
         r.set_indirect_op(BLKIF_OP_WRITE);
         r.set_nr_segments(n);
         r.set_indirect_gref(0, page2)?;
-        bad.push(("indirect segment count", Req::new_unchecked(r.into_inner()), BLKIF_RSP_ERROR));
+        bad.push((
+            "indirect segment count",
+            Req::new_unchecked(r.into_inner()),
+            BLKIF_RSP_ERROR,
+        ));
     }
     // An indirect page whose second descriptor is bad.
     let mut ind = vec![0u8; 4096];
-    BlkifSegment { gref: page, first_sect: 0, last_sect: 7 }.write_to_indirect_page(&mut ind, 0)?;
-    BlkifSegment { gref: page, first_sect: 0, last_sect: 200 }.write_to_indirect_page(&mut ind, 1)?;
+    BlkifSegment {
+        gref: page,
+        first_sect: 0,
+        last_sect: 7,
+    }
+    .write_to_indirect_page(&mut ind, 0)?;
+    BlkifSegment {
+        gref: page,
+        first_sect: 0,
+        last_sect: 200,
+    }
+    .write_to_indirect_page(&mut ind, 1)?;
     data.memory().write(4096, &ind);
     let mut r = BlkifRequestIndirect::new_unchecked([0u8; 112]);
     r.set_operation(BLKIF_OP_INDIRECT);
     r.set_indirect_op(BLKIF_OP_WRITE);
     r.set_nr_segments(2);
     r.set_indirect_gref(0, page2)?;
-    bad.push(("bad indirect descriptor", Req::new_unchecked(r.into_inner()), BLKIF_RSP_ERROR));
+    bad.push((
+        "bad indirect descriptor",
+        Req::new_unchecked(r.into_inner()),
+        BLKIF_RSP_ERROR,
+    ));
 
     for (what, req, want) in bad {
         let got = status(ring.call(req).await?);
@@ -139,14 +185,28 @@ async fn malformed_requests_get_errors_and_the_daemon_carries_on() -> anyhow::Re
     assert_eq!(status(got), BLKIF_RSP_OKAY);
     let mut back = vec![0u8; 4096];
     data.memory().read(0, &mut back);
-    assert!(back.iter().all(|&b| b == 0x77), "read back through the ring");
+    assert!(
+        back.iter().all(|&b| b == 0x77),
+        "read back through the ring"
+    );
 
     let mut expect = original.clone();
     expect[4096..8192].fill(0x77);
-    assert!(std::fs::read(&image)? == expect, "the image changed outside the good write");
+    assert!(
+        std::fs::read(&image)? == expect,
+        "the image changed outside the good write"
+    );
     let mut backend = backend;
-    assert!(backend.running(), "the backend daemon died:\n{}", backend.log());
-    assert!(backend.log().contains("bad request refused"), "no log line:\n{}", backend.log());
+    assert!(
+        backend.running(),
+        "the backend daemon died:\n{}",
+        backend.log()
+    );
+    assert!(
+        backend.log().contains("bad request refused"),
+        "no log line:\n{}",
+        backend.log()
+    );
 
     ring.close().await;
     sys.remove(&id, Duration::from_secs(10)).await?;
