@@ -7,7 +7,7 @@
 //! copied between the caller's buffer and the pool pages.
 //!
 //! Offsets here are in 512-byte sectors; alignment to sectors is the
-//! caller's business ([`super::VbdExport`] does read-modify-write).
+//! caller's business (the vbd export does read-modify-write).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
