@@ -291,6 +291,8 @@ async fn read_keys_reads_every_child_with_directories_as_empty() {
     let want: BTreeMap<String, String> = kv(&[
         ("empty", ""),
         ("queue-0", ""),
+        // One level below an empty child: multi-queue devices' keys.
+        ("queue-0/ring-ref", "9"),
         ("ring-ref", "8"),
         ("state", "3"),
     ])
