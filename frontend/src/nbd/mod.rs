@@ -116,6 +116,110 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
+    async fn option(c: &mut tokio::io::DuplexStream, opt: u32, data: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut b = IHAVEOPT.to_be_bytes().to_vec();
+        b.extend_from_slice(&opt.to_be_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        b.extend_from_slice(data);
+        c.write_all(&b).await.unwrap();
+    }
+
+    /// Reads one option reply: (option, type, data).
+    async fn reply(c: &mut tokio::io::DuplexStream) -> (u32, u32, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        assert_eq!(c.read_u64().await.unwrap(), REPLY_MAGIC);
+        let opt = c.read_u32().await.unwrap();
+        let kind = c.read_u32().await.unwrap();
+        let mut d = vec![0u8; c.read_u32().await.unwrap() as usize];
+        c.read_exact(&mut d).await.unwrap();
+        (opt, kind, d)
+    }
+
+    /// Raw handshakes: unknown options, LIST, INFO (with block sizes),
+    /// ABORT, and EXPORT_NAME with and without the 124 zero bytes.
+    #[tokio::test]
+    async fn handshake_options() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for no_zeroes in [false, true] {
+            let (a, mut c) = tokio::io::duplex(1 << 16);
+            let export: Arc<dyn Export> = Arc::new(Mem {
+                data: Mutex::new(vec![0u8; 8192]),
+                readonly: false,
+            });
+            let server = tokio::spawn(serve(a, export));
+            assert_eq!(c.read_u64().await.unwrap(), NBDMAGIC);
+            assert_eq!(c.read_u64().await.unwrap(), IHAVEOPT);
+            assert_eq!(
+                c.read_u16().await.unwrap(),
+                FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES
+            );
+            let flags = FLAG_C_FIXED_NEWSTYLE | if no_zeroes { FLAG_C_NO_ZEROES } else { 0 };
+            c.write_u32(flags).await.unwrap();
+            option(&mut c, 8, &[]).await; // structured replies: not here
+            assert_eq!(reply(&mut c).await, (8, REP_ERR_UNSUP, vec![]));
+            option(&mut c, OPT_LIST, &[]).await;
+            assert_eq!(reply(&mut c).await.1, REP_SERVER);
+            assert_eq!(reply(&mut c).await.1, REP_ACK);
+            // INFO for "", asking for block sizes.
+            option(&mut c, OPT_INFO, &[0, 0, 0, 0, 0, 1, 0, 3]).await;
+            let (_, k, d) = reply(&mut c).await;
+            assert_eq!(
+                (k, &d[..2], &d[2..10]),
+                (REP_INFO, &[0u8, 0][..], &8192u64.to_be_bytes()[..])
+            );
+            let (_, k, d) = reply(&mut c).await;
+            assert_eq!((k, &d[..2]), (REP_INFO, &[0u8, 3][..]));
+            assert_eq!(u32::from_be_bytes(d[6..10].try_into().unwrap()), 4096);
+            assert_eq!(reply(&mut c).await.1, REP_ACK);
+            option(&mut c, OPT_INFO, &[0, 0, 0, 9]).await; // name longer than the data
+            assert_eq!(reply(&mut c).await.1, REP_ERR_INVALID);
+            option(&mut c, OPT_EXPORT_NAME, b"").await;
+            assert_eq!(c.read_u64().await.unwrap(), 8192);
+            let tflags = c.read_u16().await.unwrap();
+            assert_ne!(tflags & FLAG_SEND_FLUSH, 0);
+            if !no_zeroes {
+                let mut z = [1u8; 124];
+                c.read_exact(&mut z).await.unwrap();
+                assert_eq!(z, [0u8; 124]);
+            }
+            // Transmission: one read, then DISC.
+            let r = Request {
+                flags: 0,
+                kind: CMD_READ,
+                handle: 77,
+                offset: 0,
+                length: 4,
+            };
+            c.write_all(&r.encode()).await.unwrap();
+            let mut head = [0u8; 16];
+            c.read_exact(&mut head).await.unwrap();
+            assert_eq!(head, simple_reply(0, 77));
+            let mut d = [1u8; 4];
+            c.read_exact(&mut d).await.unwrap();
+            assert_eq!(d, [0; 4]);
+            let r = Request {
+                kind: CMD_DISC,
+                ..r
+            };
+            c.write_all(&r.encode()).await.unwrap();
+            server.await.unwrap().unwrap();
+        }
+        // ABORT ends the negotiation with an ACK.
+        let (a, mut c) = tokio::io::duplex(1 << 16);
+        let export: Arc<dyn Export> = Arc::new(Mem {
+            data: Mutex::new(vec![0u8; 512]),
+            readonly: false,
+        });
+        let server = tokio::spawn(serve(a, export));
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_u32(FLAG_C_FIXED_NEWSTYLE).await.unwrap();
+        option(&mut c, OPT_ABORT, &[]).await;
+        assert_eq!(reply(&mut c).await, (OPT_ABORT, REP_ACK, vec![]));
+        server.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn readonly_export_refuses_writes_with_eperm() {
         let (c, _server) = pair(true).await;

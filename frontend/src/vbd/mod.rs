@@ -84,10 +84,21 @@ pub struct VbdFrontend {
     stats: Arc<VbdFrontStats>,
 }
 
+/// The disk NBD requests go to.
+#[derive(Debug, Clone)]
+enum Current {
+    /// Not connected to a backend (yet, or again): requests wait.
+    Waiting,
+    /// Connected.
+    Ready(Arc<Disk>),
+    /// The device was removed: requests fail with `ESHUTDOWN`.
+    Removed,
+}
+
 /// One device's export: lives from its first connection to its removal.
 #[derive(Debug)]
 struct Device {
-    current: watch::Sender<Option<Arc<Disk>>>,
+    current: watch::Sender<Current>,
     rmw: tokio::sync::Mutex<()>,
     accept: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
@@ -150,7 +161,7 @@ impl VbdFrontend {
                 Some(tokio::net::TcpListener::from_std(l).map_err(|e| fail("nbd-tcp", &e))?)
             }
         };
-        let (current, _) = watch::channel(None);
+        let (current, _) = watch::channel(Current::Waiting);
         let mut dev = Device {
             current,
             rmw: tokio::sync::Mutex::new(()),
@@ -325,14 +336,21 @@ impl FrontendDevice for VbdFrontend {
                 sectors = geometry.sectors, readonly = geometry.readonly,
                 indirect = geometry.indirect_segments, "vbd connected"
             );
-            dev.current.send_replace(Some(disk.clone()));
+            dev.current.send_replace(Current::Ready(disk.clone()));
             let result = tokio::select! {
                 _ = conn.stopped() => Ok(()),
                 e = deaths.next() => Err(DeviceError::PeerGone(format!(
                     "device {}: ring closed: {:?}", conn.id(), e.flatten().map(|r| r.err())
                 ))),
             };
-            dev.current.send_replace(None);
+            dev.current.send_if_modified(|c| {
+                // A removal that came first stays.
+                let ready = matches!(c, Current::Ready(_));
+                if ready {
+                    *c = Current::Waiting;
+                }
+                ready
+            });
             drop(deaths);
             if let Ok(disk) = Arc::try_unwrap(disk) {
                 for q in disk.into_queues() {
@@ -351,6 +369,8 @@ impl FrontendDevice for VbdFrontend {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if let Some(d) = dev {
+            // Clients still connected get ESHUTDOWN from now on.
+            d.current.send_replace(Current::Removed);
             for t in &d.accept {
                 t.abort();
             }
@@ -379,10 +399,13 @@ impl VbdExport {
     async fn disk(&self) -> Result<Arc<Disk>, Errno> {
         let mut rx = self.dev.current.subscribe();
         let got = rx
-            .wait_for(|d| d.is_some())
+            .wait_for(|c| !matches!(c, Current::Waiting))
             .await
             .map_err(|_| proto::ESHUTDOWN)?;
-        Ok(got.clone().expect("waited for Some"))
+        match &*got {
+            Current::Ready(d) => Ok(d.clone()),
+            _ => Err(proto::ESHUTDOWN),
+        }
     }
 
     /// Runs `f` on the current disk; when its ring dies under it, waits
@@ -399,7 +422,7 @@ impl VbdExport {
                     tracing::debug!("request lost with its ring ({e}); waiting for the backend");
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     let mut rx = self.dev.current.subscribe();
-                    rx.wait_for(|d| !matches!(d, Some(x) if Arc::ptr_eq(x, &disk)))
+                    rx.wait_for(|c| !matches!(c, Current::Ready(x) if Arc::ptr_eq(x, &disk)))
                         .await
                         .map_err(|_| proto::ESHUTDOWN)?;
                 }
