@@ -344,6 +344,24 @@ mod tests {
     }
 
     #[test]
+    fn barrier_writes_then_flushes() {
+        let c = check(&rw(BLKIF_OP_WRITE_BARRIER, 8, &[(0, 7)]), &LIM).unwrap();
+        assert!(matches!(
+            c,
+            Checked::Rw {
+                write: true,
+                flush_after: true,
+                ..
+            }
+        ));
+        // An empty barrier is a pure flush point.
+        let c = check(&rw(BLKIF_OP_WRITE_BARRIER, 0, &[]), &LIM).unwrap();
+        assert!(matches!(c, Checked::Rw { ref segments, .. } if segments.is_empty()));
+        let r = rw(BLKIF_OP_FLUSH_DISKCACHE, 0, &[]);
+        assert_eq!(check(&r, &LIM), Ok(Checked::Flush));
+    }
+
+    #[test]
     fn unknown_ops_unsupported() {
         let mut r = Req::new_unchecked([0u8; 112]);
         r.set_operation(4);
