@@ -8,12 +8,14 @@
 //! |---|---|
 //! | [`device`] | [`BackendDevice`] and how the daemon drives it |
 //! | [`chan`] | the `chan` backend: each channel to a Unix socket or TCP target |
+//! | [`vif`] | the `vif` network backend: the netif rings to a TAP device |
 //! | [`cli`] | the `xenring-backend` daemon's command line |
 #![deny(missing_docs)]
 
 pub mod chan;
 pub mod cli;
 pub mod device;
+pub mod vif;
 
 pub use device::{daemon, BackendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};

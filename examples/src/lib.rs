@@ -7,9 +7,11 @@
 //! | [`echo_driver`] | a split driver with its own request/response protocol: backend, frontend, application |
 //! | [`embedded_service`] | a dom0 service that embeds the backend daemon and serves guests' sockets itself |
 //! | [`demo`] | the one-command demo (`xenring-demo`) |
+//! | [`demo_vif`] | the demo's network part; namespaces, the vif device, ping and a TCP tool for the vif tests |
 //! | [`system`] | a whole simulated system in one process tree, for the demo and the tests |
 
 pub mod demo;
+pub mod demo_vif;
 pub mod echo_driver;
 pub mod embedded_service;
 pub mod system;

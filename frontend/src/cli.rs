@@ -12,13 +12,14 @@ use xenring::xenbus::cli::{daemon_main, shutdown_on_signals, CommonArgs};
 
 use crate::chan::ChanFrontend;
 use crate::device::{daemon, FrontendDevice};
+use crate::vif::VifFrontend;
 
 /// Command-line options.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "xenring-frontend",
     version,
-    about = "Run xenring frontend devices (chan) as this domain"
+    about = "Run xenring frontend devices (chan, vif) as this domain"
 )]
 pub struct Args {
     /// Platform, domain and XenStore.
@@ -41,8 +42,14 @@ pub fn main_with(args: Args) -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    if let Some(other) = args.devices.iter().find(|k| k.as_str() != "chan") {
-        return Err(format!("unknown device kind {other:?} (built in: chan)"));
+    if let Some(other) = args
+        .devices
+        .iter()
+        .find(|k| !["chan", "vif"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown device kind {other:?} (built in: chan, vif)"
+        ));
     }
     let shutdown = shutdown_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
     let (platform, xs) = args.common.connect().await.map_err(|e| e.to_string())?;
@@ -51,11 +58,17 @@ async fn run(args: Args) -> Result<(), String> {
         None => std::env::temp_dir().join(format!("xenring-dom{}", platform.domid())),
     };
     let chan = Arc::new(ChanFrontend::new(&socket_dir).map_err(|e| e.to_string())?);
+    let vif = Arc::new(VifFrontend::new());
     let mut devices: Vec<Arc<dyn FrontendDevice>> = Vec::new();
     for kind in &args.devices {
         match kind.as_str() {
             "chan" => devices.push(chan.clone()),
-            other => return Err(format!("unknown device kind {other:?} (built in: chan)")),
+            "vif" => devices.push(vif.clone()),
+            other => {
+                return Err(format!(
+                    "unknown device kind {other:?} (built in: chan, vif)"
+                ))
+            }
         }
     }
     let d = daemon(xs, platform, devices).with_grace(Duration::from_millis(args.grace_ms));
@@ -63,5 +76,8 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(?stats, "frontend daemon stopped");
     // The summary on stdout, for whoever started us (the demo reads it).
     println!("chan {}", chan.stats().line());
+    if args.devices.iter().any(|k| k == "vif") {
+        println!("vif {}", vif.stats().line());
+    }
     Ok(())
 }

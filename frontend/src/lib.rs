@@ -9,12 +9,14 @@
 //! |---|---|
 //! | [`device`] | [`FrontendDevice`] and how the daemon drives it |
 //! | [`chan`] | the `chan` frontend: a Unix socket per device |
+//! | [`vif`] | the `vif` network frontend: a TAP device over the netif rings |
 //! | [`cli`] | the `xenring-frontend` daemon's command line |
 #![deny(missing_docs)]
 
 pub mod chan;
 pub mod cli;
 pub mod device;
+pub mod vif;
 
 pub use device::{daemon, FrontendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};

@@ -354,6 +354,21 @@ impl RxPool {
         r
     }
 
+    /// Slot `id` was answered without data (the peer reported an error):
+    /// frees any page that arrived anyway and leaves the slot armed.
+    pub fn discard(&mut self, id: u16) -> Result<()> {
+        let i = self.check_id(id)?;
+        if let Slots::Transfer(v) = &mut self.slots {
+            if let Some(slot) = v[i].as_mut() {
+                let page = slot.take().map_err(|e| {
+                    RxPoolError::platform(self.peer, format!("taking slot {id}"), e)
+                })?;
+                drop(page);
+            }
+        }
+        Ok(())
+    }
+
     /// Counters now.
     pub fn stats(&self) -> RxPoolStats {
         let armed = match &self.slots {
