@@ -199,12 +199,18 @@ impl TapConfig {
     }
 }
 
+/// The backend TAP's MAC address, as xen-netback gives its vifs: a
+/// restarted backend's TAP has the same one, so neighbours' ARP entries
+/// stay right.
+pub const BACKEND_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
+
 /// Opens (creates) the TAP device, up, without packet information or
 /// offloads: each read or write is one Ethernet frame.
 pub fn open_tap(cfg: &TapConfig) -> Result<AsyncDevice, String> {
     DeviceBuilder::new()
         .name(cfg.name.clone())
         .layer(Layer::L2)
+        .mac_addr(BACKEND_MAC)
         .mtu(cfg.mtu)
         .packet_information(false)
         .offload(false)

@@ -232,11 +232,30 @@ impl VifPair {
             .addr(&self.backend_tap, &format!("{BACKEND_ADDR}/24"))
     }
 
+    /// Kills the backend daemon (SIGKILL) and waits for it to be gone.
+    pub async fn kill_backend(&mut self) -> anyhow::Result<()> {
+        self.backend.signal(rustix::process::Signal::KILL)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.backend.running() {
+            if Instant::now() > deadline {
+                bail!("the killed backend daemon is still running");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Starts a new backend daemon in the backend's namespace (after the
     /// old one died).
     pub fn respawn_backend(&mut self, sys: &System) -> anyhow::Result<()> {
         self.backend = sys.spawn_backend_in(self.backend_ns.name(), 0, &["--devices", "vif"])?;
         Ok(())
+    }
+
+    /// Bytes the backend's TAP device has received from the frontend.
+    pub fn backend_rx_bytes(&self) -> anyhow::Result<u64> {
+        let path = format!("/sys/class/net/{}/statistics/rx_bytes", self.backend_tap);
+        Ok(self.backend_ns.run("cat", &[&path])?.trim().parse()?)
     }
 }
 
@@ -468,26 +487,31 @@ pub fn tcp_transfer(
 ) -> anyhow::Result<(TcpResult, TcpResult)> {
     tcp_between(
         tool,
-        &pair.backend_ns,
-        &pair.frontend_ns,
+        pair.backend_ns.name(),
+        pair.frontend_ns.name(),
         BACKEND_ADDR,
         port,
         bytes,
     )
 }
 
-/// Sends `bytes` by TCP from a source in `from` to a sink at `addr:port`
-/// in `to`; (source, sink) results.
+fn in_ns(ns: &str, program: &std::path::Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Sends `bytes` by TCP from a source in namespace `from` to a sink at
+/// `addr:port` in namespace `to`; (source, sink) results.
 pub fn tcp_between(
     tool: &std::path::Path,
-    to: &NetNs,
-    from: &NetNs,
+    to: &str,
+    from: &str,
     addr: &str,
     port: u16,
     bytes: u64,
 ) -> anyhow::Result<(TcpResult, TcpResult)> {
-    let mut sink = to
-        .command(tool)
+    let mut sink = in_ns(to, tool)
         .args(["sink", &format!("{addr}:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -499,8 +523,7 @@ pub fn tcp_between(
     let mut first = [0u8; 10];
     out.read_exact(&mut first)
         .context("the sink did not start")?;
-    let source = from
-        .command(tool)
+    let source = in_ns(from, tool)
         .args(["source", &format!("{addr}:{port}"), &bytes.to_string()])
         .stdin(Stdio::null())
         .output()

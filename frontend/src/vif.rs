@@ -11,7 +11,7 @@
 //! `xnet<devid>`), `mtu` (default 1500, at most 4082: a frame fits in one
 //! page), `rx-mode` (`transfer` or `copy`; default: transfer when the
 //! backend offers `feature-rx-flip` and this platform can accept
-//! transfers, else copy). Published: `tx-ring-ref`, `rx-ring-ref`,
+//! transfers, else copy), `mac` (the TAP's address). Published: `tx-ring-ref`, `rx-ring-ref`,
 //! `event-channel-tx`, `event-channel-rx` (split channels: the backend
 //! must offer `feature-split-event-channels`), `request-rx-copy`,
 //! `feature-rx-notify`.
@@ -136,6 +136,9 @@ pub struct VifConfig {
     pub mtu: u16,
     /// The receive mode asked for (`rx-mode`), if any.
     pub rx_mode: Option<RxMode>,
+    /// The TAP's MAC address (`mac`, default `00:16:3e:00:<domid>:<devid>`
+    /// in Xen's range), kept across reconnections.
+    pub mac: [u8; 6],
 }
 
 impl VifConfig {
@@ -174,12 +177,37 @@ impl VifConfig {
             None => None,
             Some(v) => Some(v.parse::<RxMode>().map_err(bad)?),
         };
-        Ok(VifConfig { tap, mtu, rx_mode })
+        let mac = match info.params.get("mac") {
+            None => [0x00, 0x16, 0x3e, 0x00, id.frontend as u8, id.devid as u8],
+            Some(v) => parse_mac(v)
+                .filter(|m| m[0] & 1 == 0)
+                .ok_or_else(|| bad(format!("bad mac {v:?} (six hex bytes, unicast)")))?,
+        };
+        Ok(VifConfig {
+            tap,
+            mtu,
+            rx_mode,
+            mac,
+        })
     }
 
     fn max_frame(&self) -> usize {
         usize::from(self.mtu) + ETH_HLEN
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut m {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(m)
 }
 
 impl VifFrontend {
@@ -201,6 +229,7 @@ impl VifFrontend {
         let dev = DeviceBuilder::new()
             .name(cfg.tap.clone())
             .layer(Layer::L2)
+            .mac_addr(cfg.mac)
             .mtu(cfg.mtu)
             .packet_information(false)
             .offload(false)
@@ -514,12 +543,17 @@ mod tests {
         };
         let c = VifConfig::from_params(&info(&[])).unwrap();
         assert_eq!((c.tap.as_str(), c.mtu, c.rx_mode), ("xnet2", 1500, None));
+        assert_eq!(c.mac, [0x00, 0x16, 0x3e, 0x00, 1, 2]);
+        let c = VifConfig::from_params(&info(&[("mac", "02:00:00:00:00:0a")])).unwrap();
+        assert_eq!(c.mac, [2, 0, 0, 0, 0, 10]);
         let c = VifConfig::from_params(&info(&[("rx-mode", "copy"), ("mtu", "4082")])).unwrap();
         assert_eq!((c.mtu, c.rx_mode), (4082, Some(RxMode::Copy)));
         for (k, v, says) in [
             ("rx-mode", "flop", "transfer or copy"),
             ("mtu", "9000", "bad mtu"),
             ("tap", "", "bad tap name"),
+            ("mac", "01:00:00:00:00:00", "bad mac"),
+            ("mac", "02:00:00:00:00", "bad mac"),
         ] {
             let e = VifConfig::from_params(&info(&[(k, v)]))
                 .unwrap_err()
