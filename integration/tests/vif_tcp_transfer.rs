@@ -32,8 +32,8 @@ async fn tcp_256_mib_in_transfer_mode() -> anyhow::Result<()> {
     check("frontend to backend", BYTES, r);
     let r = tcp_between(
         tool,
-        &pair.frontend_ns,
-        &pair.backend_ns,
+        pair.frontend_ns.name(),
+        pair.backend_ns.name(),
         FRONTEND_ADDR,
         5002,
         BACK,
