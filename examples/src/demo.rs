@@ -138,6 +138,10 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
             report.free_frames
         ),
     ];
+    // The network device (needs root: it says so and carries on without).
+    if crate::demo_vif::run_vif_demo(&sys).await?.is_some() {
+        sys.wait_clean(Duration::from_secs(5)).await?;
+    }
     sys.shutdown();
     Ok(DemoSummary {
         lines,

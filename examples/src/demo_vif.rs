@@ -578,7 +578,8 @@ pub async fn run_vif_demo(sys: &System) -> anyhow::Result<Option<VifDemoSummary>
         return Ok(None);
     }
     let t0 = Instant::now();
-    let pair = match start_vif(sys, 2, 1500, None).await {
+    let fe = 2;
+    let pair = match start_vif(sys, fe, 1500, None).await {
         Ok(p) => p,
         Err(e) => {
             println!("  net: skipped: could not set up namespaces and the vif device: {e:#}");
@@ -588,11 +589,18 @@ pub async fn run_vif_demo(sys: &System) -> anyhow::Result<Option<VifDemoSummary>
     let setup = t0.elapsed();
     let to_backend = ping(&pair.frontend_ns, BACKEND_ADDR, 20, 0.01)?;
     let to_frontend = ping(&pair.backend_ns, FRONTEND_ADDR, 20, 0.01)?;
+    let log = pair.frontend.log();
+    let mode = ["transfer", "copy"]
+        .into_iter()
+        .find(|m| log.contains(&format!("m{m}")) || log.contains(&format!("={m}")))
+        .unwrap_or("?");
     println!(
-        "  net: vif device between netns {} (backend, {BACKEND_ADDR}) and {} (frontend, \
-         {FRONTEND_ADDR}), set up in {:.0} ms",
+        "xenring demo, network part: vif device between netns {} (backend daemon, dom0, \
+         {BACKEND_ADDR}) and {} (frontend daemon, domU {fe}, {FRONTEND_ADDR}), {} receive, \
+         set up in {:.0} ms",
         pair.backend_ns.name(),
         pair.frontend_ns.name(),
+        mode,
         setup.as_secs_f64() * 1e3
     );
     for (what, p) in [
