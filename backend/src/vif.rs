@@ -344,8 +344,9 @@ impl BackendDevice for VifBackend {
 struct Packet {
     /// The requests (data slots), in order.
     slots: Vec<TxReq>,
-    /// Extra-info slots that followed (answered with `NETIF_RSP_NULL`).
-    extras: usize,
+    /// Ids of the extra-info slots that followed (answered with
+    /// `NETIF_RSP_NULL`, the slot's id echoed).
+    extras: Vec<u16>,
     /// Why it is refused, if it is.
     bad: Option<String>,
 }
@@ -418,7 +419,7 @@ async fn tx_loop(
         while let Some(first) = reqs.pop_front() {
             let mut p = Packet {
                 slots: vec![first],
-                extras: 0,
+                extras: Vec::new(),
                 bad: None,
             };
             let mut flags = first.flags();
@@ -429,7 +430,7 @@ async fn tx_loop(
             // Extra-info descriptors follow the first slot.
             while extra_more {
                 let e = next_req(&mut tx, &mut reqs).await?;
-                p.extras += 1;
+                p.extras.push(e.id());
                 // The descriptor's flags byte is at offset 1.
                 extra_more = e.as_bytes()[1] & XEN_NETIF_EXTRA_FLAG_MORE != 0;
             }
@@ -560,8 +561,9 @@ async fn tx_packets(
                 r.set_status(status);
                 responses.push(r);
                 if n == 0 {
-                    for _ in 0..p.extras {
+                    for &xid in &p.extras {
                         let mut r = TxRsp::new_unchecked([0u8; 4]);
+                        r.set_id(xid);
                         r.set_status(NETIF_RSP_NULL);
                         responses.push(r);
                     }
@@ -669,7 +671,7 @@ mod tests {
     fn packet(slots: Vec<TxReq>) -> Packet {
         Packet {
             slots,
-            extras: 0,
+            extras: Vec::new(),
             bad: None,
         }
     }
