@@ -38,7 +38,7 @@ async fn a_hundred_thousand_packets_recycle_every_slot_and_page() -> anyhow::Res
     let out = pair
         .backend_ns
         .command("ping")
-        .args(["-n", "-q", "-f", "-l", "32", "-W", "2"])
+        .args(["-n", "-q", "-f", "-l", "32", "-W", "10"])
         .args(["-c", &PACKETS.to_string(), FRONTEND_ADDR])
         .stdin(Stdio::null())
         .output()?;
