@@ -1,13 +1,14 @@
-//! 256 MiB by TCP through the vif device in transfer mode (the receive
-//! pool's accept-transfer slots) from the frontend's namespace to the
-//! backend's, and 32 MiB back, checksums compared at both ends;
+//! Ping both ways, then 256 MiB by TCP through the vif device in
+//! transfer mode (the receive
+//! pool's accept-transfer slots) from the frontend's namespace
+//! to the backend's and 32 MiB back, checksums compared at both ends;
 //! afterwards the host reports nothing left behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xenring::sim::HostConfig;
-use xenring_examples::demo_vif::{start_vif, tcp_between, FRONTEND_ADDR};
+use xenring_examples::demo_vif::{ping, start_vif, tcp_between, BACKEND_ADDR, FRONTEND_ADDR};
 use xenring_examples::demo_vif::{tcp_transfer, TcpResult};
 use xenring_examples::system::System;
 
@@ -27,6 +28,11 @@ async fn tcp_256_mib_in_transfer_mode() -> anyhow::Result<()> {
     let tool = Path::new(env!("CARGO_BIN_EXE_xenring-tcp"));
     let sys = System::start(dir.path(), node, HostConfig::default()).await?;
     let pair = start_vif(&sys, 1, 1500, Some("transfer")).await?;
+    // Ping both ways in this mode first.
+    let p = ping(&pair.frontend_ns, BACKEND_ADDR, 5, 0.05)?;
+    assert_eq!(p.received, 5, "{p:?}");
+    let p = ping(&pair.backend_ns, FRONTEND_ADDR, 5, 0.05)?;
+    assert_eq!(p.received, 5, "{p:?}");
     let r = tcp_transfer(tool, &pair, 5001, BYTES)
         .map_err(|e| anyhow::anyhow!("{e}\n{}", pair.logs()))?;
     check("frontend to backend", BYTES, r);
