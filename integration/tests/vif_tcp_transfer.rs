@@ -1,8 +1,7 @@
-//! Ping both ways, then 256 MiB by TCP through the vif device in
-//! transfer mode (the receive
-//! pool's accept-transfer slots) from the frontend's namespace
-//! to the backend's and 32 MiB back, checksums compared at both ends;
-//! afterwards the host reports nothing left behind.
+//! Ping both ways, then 256 MiB by TCP through the vif device in transfer
+//! mode (the receive pool's accept-transfer slots) from the frontend's
+//! namespace to the backend's and 32 MiB back, checksums compared at both
+//! ends; afterwards the host reports nothing left behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
