@@ -9,6 +9,7 @@
 //! | [`device`] | [`BackendDevice`] and how the daemon drives it |
 //! | [`chan`] | the `chan` backend: each channel to a Unix socket or TCP target |
 //! | [`vbd`] | the `vbd` backend (blkback): a raw image file over blkif |
+//! | [`vif`] | the `vif` network backend: the netif rings to a TAP device |
 //! | [`cli`] | the `xenring-backend` daemon's command line |
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod chan;
 pub mod cli;
 pub mod device;
 pub mod vbd;
+pub mod vif;
 
 pub use device::{daemon, BackendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};

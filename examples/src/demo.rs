@@ -142,6 +142,10 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
     // The block device's lines go before the teardown line.
     let last = lines.len() - 1;
     lines.splice(last..last, block_lines);
+    // The network device (needs root: it says so and carries on without).
+    if crate::demo_vif::run_vif_demo(&sys).await?.is_some() {
+        sys.wait_clean(Duration::from_secs(5)).await?;
+    }
     sys.shutdown();
     Ok(DemoSummary {
         lines,

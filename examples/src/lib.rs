@@ -8,10 +8,12 @@
 //! | [`embedded_service`] | a dom0 service that embeds the backend daemon and serves guests' sockets itself |
 //! | [`demo`] | the one-command demo (`xenring-demo`) |
 //! | [`demo_vbd`] | the demo's block device part: an image written and read back through NBD |
+//! | [`demo_vif`] | the demo's network part; namespaces, the vif device, ping and a TCP tool for the vif tests |
 //! | [`system`] | a whole simulated system in one process tree, for the demo and the tests |
 
 pub mod demo;
 pub mod demo_vbd;
+pub mod demo_vif;
 pub mod echo_driver;
 pub mod embedded_service;
 pub mod system;

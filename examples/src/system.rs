@@ -55,9 +55,34 @@ pub struct Daemon {
     pub name: String,
     child: Child,
     log: PathBuf,
+    out: Option<PathBuf>,
 }
 
 impl Daemon {
+    /// What it printed on stdout so far (its summary lines on exit).
+    pub fn out(&self) -> String {
+        self.out
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Waits for it to exit (at most `timeout`; killed after that).
+    pub fn wait(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the {} daemon did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -190,6 +215,16 @@ impl System {
     }
 
     fn spawn(&self, role: &str, domid: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
+        self.spawn_with(None, role, domid, extra)
+    }
+
+    fn spawn_with(
+        &self,
+        netns: Option<&str>,
+        role: &str,
+        domid: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
         let name = format!("{role}-dom{domid}");
         // A restarted daemon gets new files: name.log, name.1.log, ...
         let mut n = 0;
@@ -202,8 +237,16 @@ impl System {
         }
         let log_path = file_name(n, "log");
         let file = std::fs::File::create(&log_path)?;
-        let out = std::fs::File::create(file_name(n, "out"))?;
-        let mut cmd = Command::new(&self.node);
+        let out_path = file_name(n, "out");
+        let out = std::fs::File::create(&out_path)?;
+        let mut cmd = match netns {
+            None => Command::new(&self.node),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.node);
+                c
+            }
+        };
         cmd.arg(role)
             .args(extra)
             .env("XENRING_PLATFORM", "sim")
@@ -227,6 +270,7 @@ impl System {
             name,
             child,
             log: log_path,
+            out: Some(out_path),
         })
     }
 
@@ -239,6 +283,57 @@ impl System {
     /// [`System::socket_dir`]).
     pub fn spawn_frontend(&self, domid: u16, extra: &[&str]) -> anyhow::Result<Daemon> {
         self.spawn("frontend", domid, extra)
+    }
+
+    /// Starts a backend daemon as domain `domid` inside network namespace
+    /// `netns` (through `ip netns exec`; the host is reached by its Unix
+    /// sockets, which work across namespaces).
+    pub fn spawn_backend_in(
+        &self,
+        netns: &str,
+        domid: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
+        self.spawn_with(Some(netns), "backend", domid, extra)
+    }
+
+    /// Starts a frontend daemon as domain `domid` inside network namespace
+    /// `netns`.
+    pub fn spawn_frontend_in(
+        &self,
+        netns: &str,
+        domid: u16,
+        extra: &[&str],
+    ) -> anyhow::Result<Daemon> {
+        self.spawn_with(Some(netns), "frontend", domid, extra)
+    }
+
+    /// Adds vif (network) device `devid` of frontend domain `fe` (backend
+    /// dom0) with extra backend keys (`tap`, `mtu`) and frontend keys
+    /// (`tap`, `mtu`, `rx-mode`).
+    pub async fn add_vif(
+        &self,
+        fe: u16,
+        devid: u32,
+        backend_params: &[(&str, &str)],
+        frontend_params: &[(&str, &str)],
+    ) -> anyhow::Result<DeviceId> {
+        let id = DeviceId {
+            kind: "vif".into(),
+            frontend: fe,
+            backend: 0,
+            devid,
+        };
+        let mut spec = DeviceSpec::new(id.clone());
+        let own = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        spec.backend_params = own(backend_params);
+        spec.frontend_params = own(frontend_params);
+        create_device(&self.xs, &spec).await?;
+        Ok(id)
     }
 
     /// Adds chan device `devid` of frontend domain `fe` (backend dom0)

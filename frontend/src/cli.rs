@@ -13,13 +13,14 @@ use xenring::xenbus::cli::{daemon_main, shutdown_on_signals, CommonArgs};
 use crate::chan::ChanFrontend;
 use crate::device::{daemon, FrontendDevice};
 use crate::vbd::VbdFrontend;
+use crate::vif::VifFrontend;
 
 /// Command-line options.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "xenring-frontend",
     version,
-    about = "Run xenring frontend devices (chan, vbd) as this domain"
+    about = "Run xenring frontend devices (chan, vbd, vif) as this domain"
 )]
 pub struct Args {
     /// Platform, domain and XenStore.
@@ -46,10 +47,10 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(other) = args
         .devices
         .iter()
-        .find(|k| !matches!(k.as_str(), "chan" | "vbd"))
+        .find(|k| !matches!(k.as_str(), "chan" | "vbd" | "vif"))
     {
         return Err(format!(
-            "unknown device kind {other:?} (built in: chan, vbd)"
+            "unknown device kind {other:?} (built in: chan, vbd, vif)"
         ));
     }
     let shutdown = shutdown_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -60,14 +61,16 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let chan = Arc::new(ChanFrontend::new(&socket_dir).map_err(|e| e.to_string())?);
     let vbd = Arc::new(VbdFrontend::new(&socket_dir).map_err(|e| e.to_string())?);
+    let vif = Arc::new(VifFrontend::new());
     let mut devices: Vec<Arc<dyn FrontendDevice>> = Vec::new();
     for kind in &args.devices {
         match kind.as_str() {
             "chan" => devices.push(chan.clone()),
             "vbd" => devices.push(vbd.clone()),
+            "vif" => devices.push(vif.clone()),
             other => {
                 return Err(format!(
-                    "unknown device kind {other:?} (built in: chan, vbd)"
+                    "unknown device kind {other:?} (built in: chan, vbd, vif)"
                 ))
             }
         }
@@ -78,5 +81,8 @@ async fn run(args: Args) -> Result<(), String> {
     // The summary on stdout, for whoever started us (the demo reads it).
     println!("chan {}", chan.stats().line());
     println!("vbd {}", vbd.stats().line());
+    if args.devices.iter().any(|k| k == "vif") {
+        println!("vif {}", vif.stats().line());
+    }
     Ok(())
 }

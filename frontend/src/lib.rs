@@ -11,6 +11,7 @@
 //! | [`chan`] | the `chan` frontend: a Unix socket per device |
 //! | [`vbd`] | the `vbd` frontend (blkfront): the disk exported over NBD |
 //! | [`nbd`] | the NBD server (and a small client) the `vbd` frontend uses |
+//! | [`vif`] | the `vif` network frontend: a TAP device over the netif rings |
 //! | [`cli`] | the `xenring-frontend` daemon's command line |
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod device;
 pub mod nbd;
 pub mod vbd;
+pub mod vif;
 
 pub use device::{daemon, FrontendDevice};
 pub use xenring::xenbus::daemon::{Daemon, DaemonStats};

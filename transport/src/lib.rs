@@ -10,6 +10,7 @@
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
 //! | [`platform`] | the small traits all protocol code is written against |
 //! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
+//! | [`rxpool`] | receive pools: accept-transfer (page flipping) or grant-copy slots a peer fills, recycled |
 //! | [`sim`] | the simulated Xen host and its domain-side client |
 //! | [`stream`] | the sans-IO vchan byte ring (libxenvchan layout and notify bits), server and client ends |
 //! | [`xenbus`] | the XenBus device handshake: state machines, helpers, device nodes |
@@ -22,6 +23,7 @@ pub mod chan;
 pub mod grant;
 pub mod platform;
 pub mod ring;
+pub mod rxpool;
 pub mod shm;
 pub mod sim;
 pub mod stream;

@@ -94,6 +94,36 @@ pub const NETIF_TX_RING_ENTRY_SIZE: usize = 12;
 /// Size of one rx ring entry (request and response are both 8 bytes).
 pub const NETIF_RX_RING_ENTRY_SIZE: usize = 8;
 
+/// The XenStore keys of the netif handshake (Linux's xen-netback and
+/// xen-netfront names).
+pub mod keys {
+    /// Backend: it can fill rx slots by grant copy.
+    pub const FEATURE_RX_COPY: &str = "feature-rx-copy";
+    /// Backend: it can fill rx slots by page transfer (flipping).
+    pub const FEATURE_RX_FLIP: &str = "feature-rx-flip";
+    /// Backend: a separate event channel per ring may be used.
+    pub const FEATURE_SPLIT_EVENT_CHANNELS: &str = "feature-split-event-channels";
+    /// Frontend: `1` asks for copy mode, `0` (or absent) for transfer.
+    pub const REQUEST_RX_COPY: &str = "request-rx-copy";
+    /// Frontend: it sets `rsp_event` on the rx ring (the backend may wait
+    /// for a notification instead of polling).
+    pub const FEATURE_RX_NOTIFY: &str = "feature-rx-notify";
+    /// Frontend: grant reference of the tx ring page.
+    pub const TX_RING_REF: &str = "tx-ring-ref";
+    /// Frontend: grant reference of the rx ring page.
+    pub const RX_RING_REF: &str = "rx-ring-ref";
+    /// Frontend: the one event channel of both rings.
+    pub const EVENT_CHANNEL: &str = "event-channel";
+    /// Frontend: the tx ring's event channel (split channels).
+    pub const EVENT_CHANNEL_TX: &str = "event-channel-tx";
+    /// Frontend: the rx ring's event channel (split channels).
+    pub const EVENT_CHANNEL_RX: &str = "event-channel-rx";
+}
+
+/// Bytes of an Ethernet header: the smallest frame the split driver
+/// carries.
+pub const ETH_HLEN: usize = 14;
+
 mod tx_req_field {
     use core::ops::Range;
     pub const GREF: Range<usize> = 0..4;
