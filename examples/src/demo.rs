@@ -1,7 +1,10 @@
 //! The one-command demo: a simulated Xen host, a backend daemon as dom0 and
 //! a frontend daemon as domU 1 (separate processes), a `chan` device
-//! between them, data pushed through it and checked, a readable summary,
-//! and a clean shutdown (the host must report no leak).
+//! between them, data pushed through it and checked; a `vbd` block device
+//! written and read back through its NBD export ([`crate::demo_vbd`]); a
+//! `vif` network device between two network namespaces, pinged both ways
+//! (as root; [`crate::demo_vif`]); a readable summary, and a clean
+//! shutdown (the host must report no leak).
 //!
 //! ```text
 //!   client --unix--> [frontend daemon, dom1] ==vchan== [backend daemon, dom0] --tcp--> echo
@@ -139,13 +142,14 @@ pub async fn run(node: PathBuf, opts: DemoOptions) -> anyhow::Result<DemoSummary
             report.free_frames
         ),
     ];
-    // The block device's lines go before the teardown line.
-    let last = lines.len() - 1;
-    lines.splice(last..last, block_lines);
     // The network device (needs root: it says so and carries on without).
-    if crate::demo_vif::run_vif_demo(&sys).await?.is_some() {
+    let (net_lines, net) = crate::demo_vif::run_vif_demo(&sys).await?;
+    if net.is_some() {
         sys.wait_clean(Duration::from_secs(5)).await?;
     }
+    // The block and network devices' lines go before the teardown line.
+    let last = lines.len() - 1;
+    lines.splice(last..last, block_lines.into_iter().chain(net_lines));
     sys.shutdown();
     Ok(DemoSummary {
         lines,

@@ -563,27 +563,29 @@ pub struct VifDemoSummary {
 
 /// The demo's network part: two namespaces, a vif device between a
 /// backend daemon in one and a frontend daemon in the other (transfer
-/// mode), pings both ways, figures printed. Without root (or without
-/// `ip`), prints why and returns `None` instead of failing.
-pub async fn run_vif_demo(sys: &System) -> anyhow::Result<Option<VifDemoSummary>> {
+/// mode), pings both ways. Returns the lines to print, and the figures;
+/// without root (or without `ip`/`ping`), a line saying why and no figures
+/// instead of failing.
+pub async fn run_vif_demo(sys: &System) -> anyhow::Result<(Vec<String>, Option<VifDemoSummary>)> {
+    let skipped = |why: String| Ok((vec![format!("  net: skipped: {why}")], None));
     if !rustix::process::geteuid().is_root() {
-        println!(
-            "  net: skipped: the vif device needs root (it creates network namespaces and \
-             TAP devices); run the demo as root to see it"
+        return skipped(
+            "the vif device needs root (it creates network namespaces and TAP devices); \
+             run the demo as root to see it"
+                .into(),
         );
-        return Ok(None);
     }
     if let Err(e) = need_tool("ip", "iproute2").and_then(|_| need_tool("ping", "iputils-ping")) {
-        println!("  net: skipped: {e}");
-        return Ok(None);
+        return skipped(e.to_string());
     }
     let t0 = Instant::now();
     let fe = 2;
     let pair = match start_vif(sys, fe, 1500, None).await {
         Ok(p) => p,
         Err(e) => {
-            println!("  net: skipped: could not set up namespaces and the vif device: {e:#}");
-            return Ok(None);
+            return skipped(format!(
+                "could not set up namespaces and the vif device: {e:#}"
+            ));
         }
     };
     let setup = t0.elapsed();
@@ -594,23 +596,22 @@ pub async fn run_vif_demo(sys: &System) -> anyhow::Result<Option<VifDemoSummary>
         .into_iter()
         .find(|m| log.contains(&format!("m{m}")) || log.contains(&format!("={m}")))
         .unwrap_or("?");
-    println!(
-        "xenring demo, network part: vif device between netns {} (backend daemon, dom0, \
-         {BACKEND_ADDR}) and {} (frontend daemon, domU {fe}, {FRONTEND_ADDR}), {} receive, \
-         set up in {:.0} ms",
+    let mut lines = vec![format!(
+        "  net: vif device between netns {} (backend daemon, dom0, {BACKEND_ADDR}) and {} \
+         (frontend daemon, domU {fe}, {FRONTEND_ADDR}), {} receive, set up in {:.0} ms",
         pair.backend_ns.name(),
         pair.frontend_ns.name(),
         mode,
         setup.as_secs_f64() * 1e3
-    );
+    )];
     for (what, p) in [
         ("frontend -> backend", to_backend),
         ("backend -> frontend", to_frontend),
     ] {
-        println!(
+        lines.push(format!(
             "  net: ping {what}: {}/{} replies, average {:.3} ms",
             p.received, p.sent, p.avg_ms
-        );
+        ));
     }
     sys.remove(&pair.id, Duration::from_secs(10)).await?;
     let VifPair {
@@ -621,11 +622,14 @@ pub async fn run_vif_demo(sys: &System) -> anyhow::Result<Option<VifDemoSummary>
     if !st.success() {
         bail!("the vif backend daemon exited with {st}");
     }
-    Ok(Some(VifDemoSummary {
-        to_backend,
-        to_frontend,
-        setup,
-    }))
+    Ok((
+        lines,
+        Some(VifDemoSummary {
+            to_backend,
+            to_frontend,
+            setup,
+        }),
+    ))
 }
 
 #[cfg(test)]
