@@ -41,6 +41,12 @@ use crate::nbd::{self, proto, Errno, Export, ExportInfo};
 
 /// Data pages granted per queue (8 MiB: seven 1 MiB requests in flight).
 pub const POOL_PAGES: usize = 2048;
+/// Data pages granted per queue on real Xen (1 MiB), where Linux's
+/// gntalloc allows 1024 grants in all by default (its `limit` parameter).
+pub const XEN_POOL_PAGES: usize = 256;
+/// The fewest data pages per queue the frontend key `pool-pages` may ask
+/// for (two requests of the direct maximum, 11 segments, in flight).
+pub const MIN_POOL_PAGES: usize = 22;
 /// Ring page order used when the backend allows it (4 pages, 128 slots).
 pub const RING_PAGE_ORDER: u32 = 2;
 /// Queues used when the backend allows them.
@@ -216,7 +222,7 @@ where
     });
 }
 
-fn geometry(conn: &FrontendConn) -> Result<Geometry, DeviceError> {
+fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceError> {
     let flag = |k: &str| conn.peer_keys().get(k).map(String::as_str) == Some("1");
     let sector_size = match conn.peer_keys().get(keys::SECTOR_SIZE) {
         None => 512,
@@ -246,9 +252,26 @@ fn geometry(conn: &FrontendConn) -> Result<Geometry, DeviceError> {
         flush: flag(keys::FEATURE_FLUSH_CACHE),
         discard: flag(keys::FEATURE_DISCARD),
         // At most what one indirect page describes... and what our pool
-        // can hold several of.
-        indirect_segments: (indirect as usize).min(256),
+        // can hold two of.
+        indirect_segments: (indirect as usize).min(256).min(pool_pages / 2),
     })
+}
+
+/// Data pages to grant per queue: the frontend key `pool-pages`, else the
+/// platform's default.
+fn pool_pages(conn: &FrontendConn) -> Result<usize, DeviceError> {
+    match conn.info().params.get("pool-pages") {
+        None if conn.platform().name() == "xen" => Ok(XEN_POOL_PAGES),
+        None => Ok(POOL_PAGES),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (MIN_POOL_PAGES..=1 << 16).contains(&n) => Ok(n),
+            _ => Err(DeviceError::failed(format!(
+                "device {}: pool-pages {v:?}: expected a number of pages from \
+                 {MIN_POOL_PAGES} to 65536",
+                conn.id()
+            ))),
+        },
+    }
 }
 
 impl FrontendDevice for VbdFrontend {
@@ -261,7 +284,8 @@ impl FrontendDevice for VbdFrontend {
         let stats = self.stats.clone();
         Box::pin(async move {
             let dev = dev?;
-            let geometry = geometry(&conn)?;
+            let pool_pages = pool_pages(&conn)?;
+            let geometry = geometry(&conn, pool_pages)?;
             let max_q = match conn.peer_keys().get(keys::MULTI_QUEUE_MAX_QUEUES) {
                 None => 1,
                 Some(_) => conn.peer_u32(keys::MULTI_QUEUE_MAX_QUEUES)?,
@@ -284,7 +308,7 @@ impl FrontendDevice for VbdFrontend {
                     RingClient::<Req, Rsp>::share(platform.as_ref(), backend, 1 << order)
                         .map_err(|e| fail(format!("sharing ring {q}"), &e))?;
                 let pages = platform
-                    .share_pages(backend, POOL_PAGES, Access::ReadWrite)
+                    .share_pages(backend, pool_pages, Access::ReadWrite)
                     .map_err(|e| fail(format!("granting data pages of queue {q}"), &e))?;
                 let prefix = if nq == 1 {
                     String::new()
@@ -332,7 +356,7 @@ impl FrontendDevice for VbdFrontend {
             stats.connections.fetch_add(1, Ordering::Relaxed);
             let disk = Arc::new(Disk::new(queues, geometry));
             tracing::info!(
-                device = %conn.id(), queues = nq, ring_pages = 1u32 << order,
+                device = %conn.id(), queues = nq, ring_pages = 1u32 << order, pool_pages,
                 sectors = geometry.sectors, readonly = geometry.readonly,
                 indirect = geometry.indirect_segments, "vbd connected"
             );
