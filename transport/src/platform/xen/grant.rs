@@ -47,12 +47,7 @@ impl XenShare {
         }
         let (index, refs) = dev.gntalloc_alloc(peer, count, access.writable())?;
         // Our own view is always writable: we fill the pages.
-        match Region::map_fd(
-            dev.as_fd(),
-            index,
-            count * PAGE_SIZE,
-            Protection::ReadWrite,
-        ) {
+        match Region::map_fd(dev.as_fd(), index, count * PAGE_SIZE, Protection::ReadWrite) {
             Ok(region) => Ok(XenShare {
                 dev,
                 peer,
@@ -197,7 +192,11 @@ impl XenMapping {
                         "{} mmap after IOCTL_GNTDEV_MAP_GRANT_REF (domid {peer}, refs {refs:?}, \
                          {}): the hypervisor refused the mapping",
                         dev.path(),
-                        if access.writable() { "read-write" } else { "read-only" }
+                        if access.writable() {
+                            "read-write"
+                        } else {
+                            "read-only"
+                        }
                     ),
                     source: std::io::Error::other(e),
                 })

@@ -30,6 +30,7 @@
 
 mod evtchn;
 mod grant;
+pub mod scenarios;
 mod sys;
 
 use std::sync::{Arc, Mutex};

@@ -166,10 +166,7 @@ impl Device {
             what: format!("opening {path} (is the Xen module loaded and this a Xen domain?)"),
             source,
         })?;
-        Ok(Device {
-            path,
-            fd: f.into(),
-        })
+        Ok(Device { path, fd: f.into() })
     }
 
     /// The device's path.
@@ -393,7 +390,10 @@ impl Device {
                 "IOCTL_GNTALLOC_SET_UNMAP_NOTIFY",
             )
         } else {
-            (IOCTL_GNTDEV_SET_UNMAP_NOTIFY, "IOCTL_GNTDEV_SET_UNMAP_NOTIFY")
+            (
+                IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
+                "IOCTL_GNTDEV_SET_UNMAP_NOTIFY",
+            )
         };
         let mut action = 0;
         let mut byte = 0u64;
