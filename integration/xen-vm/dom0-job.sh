@@ -1,0 +1,67 @@
+#!/bin/sh
+# The xenring jobs of one boot, run in dom0 by xen-test-init (cwd = the 9p
+# share holding xenring-xentest and the xs_client test binary).
+# Prints "=== STEP <name> rc=<n>" after each step (the host-side test asserts
+# on these and on the PASS/FAIL lines); exits with the number of failed steps.
+fails=0
+step() {
+  name=$1; shift
+  echo "=== STEP $name"
+  "$@"
+  rc=$?
+  echo "=== STEP $name rc=$rc"
+  [ "$rc" = 0 ] || fails=$((fails + 1))
+}
+mkdir -p /tmp/bin
+cp ./xenring-xentest ./xs_client /tmp/bin/
+T=/tmp/bin/xenring-xentest
+export RUST_LOG=${RUST_LOG:-info}
+
+# 1. dom0 alone
+step platform $T platform
+step xs_client_xenstored env XENRING_TEST_XENSTORED=/run/xenstored/socket \
+  /tmp/bin/xs_client --test-threads=4 --skip a_domu_socket_gets_eacces_naming_the_path
+step vchan_interop $T vchan-interop
+
+# 2. a busybox PV domU running the agent (chan frontend, then the benchmark peers)
+mkdir -p /tmp/extra/tmp && cp $T /tmp/extra/xenring-xentest
+printf '#!/bin/sh\nmkdir -p /tmp/chan\nexec /xenring-xentest domu\n' > /tmp/extra/job
+chmod +x /tmp/extra/job /tmp/extra/xenring-xentest
+# one gzip stream of two concatenated cpio archives (libxenguest can't inflate multi-member gzip)
+{ zcat /var/lib/xentest/domu-initrd.gz; (cd /tmp/extra && find . | cpio -o -H newc --quiet); } | gzip -1 > /tmp/domu-initrd.gz
+cat > /tmp/domu.cfg <<CFG
+name = "xentest-domu"
+type = "pv"
+kernel = "/vmlinuz"
+ramdisk = "/tmp/domu-initrd.gz"
+extra = "console=hvc0 rdinit=/init loglevel=4"
+memory = 320
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+CFG
+if xl create -q /tmp/domu.cfg; then
+  DOMID=$(xl domid xentest-domu)
+  echo "domU domid=$DOMID"
+  step chan $T chan-dom0 --domu "$DOMID"
+  step bench $T bench-dom0 --domu "$DOMID"
+  # HOOK(vbd, issue 6): when the vbd device lands, add its dom0 side here
+  #   step vbd $T vbd-dom0 --domu "$DOMID"
+  # and its domU side to the agent (`xenring-xentest domu`); see vbd_dom0 in
+  # integration/src/bin/xenring-xentest.rs.
+  for i in $(seq 1 120); do xl list xentest-domu >/dev/null 2>&1 || break; sleep 1; done
+  xl list xentest-domu >/dev/null 2>&1 && { echo "domU still running: destroying"; xl destroy xentest-domu; }
+  echo "--- domU console"
+  cat /var/log/xen/console/guest-xentest-domu.log
+  echo "=== STEP domu_agent"
+  if grep -q 'FAIL' /var/log/xen/console/guest-xentest-domu.log || \
+     ! grep -q 'PASS chan/domU' /var/log/xen/console/guest-xentest-domu.log; then
+    echo "=== STEP domu_agent rc=1"; fails=$((fails + 1))
+  else
+    echo "=== STEP domu_agent rc=0"
+  fi
+else
+  echo "=== STEP domu_create rc=1"; fails=$((fails + 1))
+fi
+echo "=== FAILED STEPS: $fails"
+exit $fails
