@@ -13,8 +13,11 @@ step() {
   [ "$rc" = 0 ] || fails=$((fails + 1))
 }
 mkdir -p /tmp/bin
-cp ./xenring-xentest ./xs_client /tmp/bin/
+cp ./xenring-xentest ./xs_client ./xen-c-bench /tmp/bin/
 T=/tmp/bin/xenring-xentest
+# The benchmark: the same bytes and round trips for xenring and Xen's C libraries.
+BENCH_BYTES=${BENCH_BYTES:-33554432}
+BENCH_ROUNDS=${BENCH_ROUNDS:-200}
 export RUST_LOG=${RUST_LOG:-info}
 
 # 1. dom0 alone
@@ -24,9 +27,14 @@ step xs_client_xenstored env XENRING_TEST_XENSTORED=/run/xenstored/socket \
 step vchan_interop $T vchan-interop
 
 # 2. a busybox PV domU running the agent (chan frontend, then the benchmark peers)
-mkdir -p /tmp/extra/tmp && cp $T /tmp/extra/xenring-xentest
-printf '#!/bin/sh\nmkdir -p /tmp/chan\nexec /xenring-xentest domu\n' > /tmp/extra/job
-chmod +x /tmp/extra/job /tmp/extra/xenring-xentest
+mkdir -p /tmp/extra/tmp && cp $T /tmp/bin/xen-c-bench /tmp/extra/
+cat > /tmp/extra/job <<JOB
+#!/bin/sh
+mkdir -p /tmp/chan
+/xenring-xentest domu --bench-bytes $BENCH_BYTES --rounds $BENCH_ROUNDS
+/xen-c-bench server 0 $BENCH_BYTES 16 $BENCH_ROUNDS || echo "FAIL c-bench server"
+JOB
+chmod +x /tmp/extra/job /tmp/extra/xenring-xentest /tmp/extra/xen-c-bench
 # one gzip stream of two concatenated cpio archives (libxenguest can't inflate multi-member gzip)
 { zcat /var/lib/xentest/domu-initrd.gz; (cd /tmp/extra && find . | cpio -o -H newc --quiet); } | gzip -1 > /tmp/domu-initrd.gz
 cat > /tmp/domu.cfg <<CFG
@@ -43,8 +51,10 @@ CFG
 if xl create -q /tmp/domu.cfg; then
   DOMID=$(xl domid xentest-domu)
   echo "domU domid=$DOMID"
-  step chan $T chan-dom0 --domu "$DOMID"
-  step bench $T bench-dom0 --domu "$DOMID"
+  step chan $T chan-dom0 --domu "$DOMID" --timeout 300
+  [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log; }
+  step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
+  step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   # HOOK(vbd, issue 6): when the vbd device lands, add its dom0 side here
   #   step vbd $T vbd-dom0 --domu "$DOMID"
   # and its domU side to the agent (`xenring-xentest domu`); see vbd_dom0 in

@@ -10,7 +10,8 @@
 #    build-image.sh and xen-test-init>, built once under a lock.
 # 2. build: xenring-xentest and the xs_client test binary, statically linked
 #    (they run in dom0 and in a busybox PV domU): release, gnu target,
-#    crt-static, in $CARGO_TARGET_DIR (default <repo>/target).
+#    crt-static, in $CARGO_TARGET_DIR (default <repo>/target); xen-c-bench.c
+#    (the benchmark's libxenvchan side) with gcc against libxen-dev.
 # 3. boot: boot 1 (C xenstored): dom0-job.sh (platform scenarios, XenStore
 #    client tests, vchan interop with libxenvchan, a PV domU for the chan
 #    device and the benchmark); boot 2 (oxenstored): oxenstored-job.sh.
@@ -51,19 +52,28 @@ if [ "$what" = all ] || [ "$what" = build ]; then
   export RUSTFLAGS="-C target-feature=+crt-static"
   cargo build -q --release --locked --target $TARGET -p xenring-integration --bin xenring-xentest >&2 || exit 1
   xs=$(cargo test -q --release --locked --target $TARGET -p xenring --test xs_client --no-run --message-format=json 2>/dev/null \
+        | grep '"kind":\["test"\]' | grep '"name":"xs_client"' \
         | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
   [ -n "$xs" ] && [ -x "$xs" ] || { echo "run-vm-tests: building the xs_client test binary failed" >&2; exit 1; }
   unset RUSTFLAGS
   # Without debug info: they travel over 9p and sit in the domU's RAM.
   mkdir -p "$BIN"
   strip -o "$BIN/xenring-xentest" "$OUT/xenring-xentest" && strip -o "$BIN/xs_client" "$xs" || exit 1
+  # The benchmark's C side, on Xen's own libraries (libxen-dev), static for the domU.
+  for h in libxenvchan.h xenevtchn.h xenstore.h; do
+    [ -e /usr/include/$h ] || { echo "run-vm-tests: /usr/include/$h is missing (apt-get install libxen-dev)" >&2; exit 1; }
+  done
+  gcc -O2 -Wall -static -o "$BIN/xen-c-bench" "$HERE/xen-c-bench.c" \
+    -lxenvchan -lxengnttab -lxenevtchn -lxenstore -lxentoollog -lxentoolcore -lpthread 2>/dev/null \
+    || { echo "run-vm-tests: building xen-c-bench failed" >&2; exit 1; }
+  strip "$BIN/xen-c-bench"
 fi
 
 if [ "$what" = all ] || [ "$what" = boot ]; then
   rc=0
   echo "=== BOOT xenstored"
   XENSTORED=xenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-xenstored.log \
-    "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -s "$HERE/dom0-job.sh"
+    "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -f "$BIN/xen-c-bench" -s "$HERE/dom0-job.sh"
   r=$?; echo "=== BOOT xenstored rc=$r"; [ $r = 0 ] || rc=1
   echo "=== BOOT oxenstored"
   XENSTORED=oxenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-oxenstored.log \

@@ -70,8 +70,9 @@ enum Cmd {
         /// The proxy program.
         #[arg(long, default_value = "/usr/lib/xen-4.17/bin/vchan-socket-proxy")]
         proxy: PathBuf,
-        /// Bytes each way.
-        #[arg(long, default_value_t = 8 << 20)]
+        /// Bytes each way (libxenvchan's default rings are 1 and 2 KiB
+        /// in the control page: an event per ring-full, slow under TCG).
+        #[arg(long, default_value_t = 512 << 10)]
         bytes: usize,
     },
     /// dom0: the benchmark's dom0 side against the domU agent.
@@ -212,6 +213,8 @@ impl Drop for Kid {
 // ------------------------------------------------------------------ chan
 
 const CHAN_RESULT: &str = "data/xentest/chan";
+/// The domU agent's progress note (for dom0's log).
+const CHAN_NOTE: &str = "data/xentest/note";
 
 async fn chan_dom0(domu: DomId, timeout: Duration) -> anyhow::Result<usize> {
     let (xs, _b) = xenstore().await?;
@@ -229,7 +232,33 @@ async fn chan_dom0(domu: DomId, timeout: Duration) -> anyhow::Result<usize> {
     create_device(&xs, &spec).await?;
     println!("chan: device {id} created (target {target}), waiting for domain {domu}'s verdict");
     let key = format!("/local/domain/{domu}/{CHAN_RESULT}");
-    let r = wait_key(&xs, &key, timeout).await;
+    let r = {
+        // Progress every 30 s: the device's states and the domU's agent notes.
+        let progress = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let st = |d: String| {
+                    let xs = &xs;
+                    async move { xs.read_opt(&format!("{d}/state")).await.ok().flatten() }
+                };
+                let note = xs
+                    .read_opt(&format!("/local/domain/{domu}/{CHAN_NOTE}"))
+                    .await
+                    .ok()
+                    .flatten();
+                println!(
+                    "chan: waiting; backend state {:?}, frontend state {:?}, domU: {:?}",
+                    st(id.backend_dir()).await,
+                    st(id.frontend_dir()).await,
+                    note
+                );
+            }
+        };
+        tokio::select! {
+            r = wait_key(&xs, &key, timeout) => r,
+            _ = progress => unreachable!(),
+        }
+    };
     let verdict_r = match r {
         Ok(v) if v.starts_with("ok") => Ok(format!("domU {domu}: {v}")),
         Ok(v) => Err(anyhow!("domU {domu}: {v}")),
@@ -281,7 +310,7 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
     let me = own_domid(&xs).await?;
     println!("domU agent: domain {me}");
     // 1. chan: the frontend daemon; 4 connections through chan-0.
-    let r = domu_chan(chan_bytes).await;
+    let r = domu_chan(&xs, chan_bytes).await;
     let line = match &r {
         Ok(s) => format!("ok {s}"),
         Err(e) => format!("fail {e:#}"),
@@ -294,7 +323,7 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
     Ok(fails)
 }
 
-async fn domu_chan(bytes: u64) -> anyhow::Result<String> {
+async fn domu_chan(xs: &XsClient, bytes: u64) -> anyhow::Result<String> {
     let dir = PathBuf::from("/tmp/chan");
     let log = PathBuf::from("/tmp/xenring-frontend.log");
     let fe = Kid::spawn(
@@ -303,6 +332,7 @@ async fn domu_chan(bytes: u64) -> anyhow::Result<String> {
         &log,
     )?;
     let sock = dir.join("chan-0.sock");
+    let _ = xs.write(CHAN_NOTE, "frontend started").await;
     let t = Instant::now();
     while !sock.exists() {
         if t.elapsed() > Duration::from_secs(300) {
@@ -314,6 +344,7 @@ async fn domu_chan(bytes: u64) -> anyhow::Result<String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = xs.write(CHAN_NOTE, "socket up, pushing").await;
     let conns = 4u64;
     let per = bytes / conns;
     let t = Instant::now();
@@ -400,7 +431,7 @@ async fn bench_dom0(domu: DomId, bytes: u64, rounds: u32) -> anyhow::Result<usiz
             client: 0,
             port: BENCH_PORT,
         };
-        let mut s = tokio::time::timeout(Duration::from_secs(600), connect(&p, &xs, addr))
+        let mut s = tokio::time::timeout(Duration::from_secs(180), connect(&p, &xs, addr))
             .await
             .map_err(|_| anyhow!("no vchan from domain {domu}"))??;
         let t = Instant::now();

@@ -109,12 +109,15 @@ impl CommonArgs {
     /// dom0, else `/dev/xen/xenbus` through a bridge in a guest), then the
     /// domain id (`--domid`, else XenStore's `domid` key), then the devices.
     async fn connect_xen(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {
-        let (xs, _bridge) = connect_xen_xenstore(self.xenstore.clone()).await?;
+        let (xs, _bridge) = connect_xen_xenstore(self.xenstore.clone())
+            .await
+            .map_err(|e| StartError::Xenstore(format!("platform xen: {e}")))?;
         let domid = match self.domid {
             Some(d) => d,
             None => own_domid(&xs).await.map_err(|e| {
                 StartError::Xenstore(format!(
-                    "cannot read this domain's id from XenStore (key `domid`): {e}; pass --domid N"
+                    "platform xen: cannot read this domain's id from XenStore (key `domid`): {e}; \
+                     pass --domid N"
                 ))
             })?,
         };
