@@ -112,7 +112,11 @@ fn open_device(device: &Path) -> std::io::Result<OwnedFd> {
 
 async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
     let fd = open_device(device)?;
-    let afd = crate::shm::register_async_fd(fd, Interest::READABLE | Interest::WRITABLE)?;
+    // The device's poll() reports only readability (never POLLOUT), so only
+    // reads go through the reactor; a write is taken at once (the kernel
+    // queues the request and answers through the read side).
+    let wfd = fd.try_clone()?;
+    let afd = crate::shm::register_async_fd(fd, Interest::READABLE)?;
     let (mut rd, mut wr) = sock.into_split();
     let to_device = async {
         let mut head = [0u8; XSD_HEADER_LEN];
@@ -126,9 +130,7 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
             if len > XENSTORE_PAYLOAD_MAX {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!(
-                        "xenbus bridge: a message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"
-                    ),
+                    format!("xenbus bridge: a message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"),
                 ));
             }
             let mut msg = Vec::with_capacity(XSD_HEADER_LEN + len);
@@ -136,17 +138,18 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
             msg.resize(XSD_HEADER_LEN + len, 0);
             rd.read_exact(&mut msg[XSD_HEADER_LEN..]).await?;
             loop {
-                let mut g = afd.writable().await?;
-                match g.try_io(|fd| rustix::io::write(fd, &msg).map_err(Into::into)) {
-                    Ok(Ok(n)) if n == msg.len() => break,
-                    Ok(Ok(n)) => {
+                match rustix::io::write(&wfd, &msg) {
+                    Ok(n) if n == msg.len() => break,
+                    Ok(n) => {
                         return Err(std::io::Error::other(format!(
                             "{XENBUS_DEVICE} took {n} of {} bytes of one message",
                             msg.len()
                         )))
                     }
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
+                    Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
