@@ -18,7 +18,7 @@ T=/tmp/bin/xenring-xentest
 # The benchmark: the same bytes and round trips for xenring and Xen's C libraries.
 BENCH_BYTES=${BENCH_BYTES:-33554432}
 BENCH_ROUNDS=${BENCH_ROUNDS:-200}
-export RUST_LOG=${RUST_LOG:-info}
+export RUST_LOG=${RUST_LOG:-info} NO_COLOR=1
 
 # 1. dom0 alone
 step platform $T platform
@@ -52,7 +52,8 @@ if xl create -q /tmp/domu.cfg; then
   DOMID=$(xl domid xentest-domu)
   echo "domU domid=$DOMID"
   step chan $T chan-dom0 --domu "$DOMID" --timeout 300
-  [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log; }
+  [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
+                     echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }
   step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
   step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   # HOOK(vbd, issue 6): when the vbd device lands, add its dom0 side here

@@ -311,6 +311,14 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
     println!("domU agent: domain {me}");
     // 1. chan: the frontend daemon; 4 connections through chan-0.
     let r = domu_chan(&xs, chan_bytes).await;
+    if r.is_err() {
+        let log = std::fs::read_to_string("/tmp/xenring-frontend.log").unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        println!("--- frontend log (last 40 lines)");
+        for l in tail.iter().rev() {
+            println!("{l}");
+        }
+    }
     let line = match &r {
         Ok(s) => format!("ok {s}"),
         Err(e) => format!("fail {e:#}"),
