@@ -51,6 +51,7 @@ CFG
 if xl create -q /tmp/domu.cfg; then
   DOMID=$(xl domid xentest-domu)
   echo "domU domid=$DOMID"
+  step vchan_domu $T vchan-dom0 --domu "$DOMID"
   step chan $T chan-dom0 --domu "$DOMID" --timeout 300
   [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
                      echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }

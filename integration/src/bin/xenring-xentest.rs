@@ -75,6 +75,16 @@ enum Cmd {
         #[arg(long, default_value_t = 512 << 10)]
         bytes: usize,
     },
+    /// dom0: verified vchan exchanges with the domU agent (its server, our
+    /// client), multi-page and in-page rings.
+    VchanDom0 {
+        /// The domU.
+        #[arg(long)]
+        domu: DomId,
+        /// Bytes each way.
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: usize,
+    },
     /// dom0: the benchmark's dom0 side against the domU agent.
     BenchDom0 {
         /// The domU.
@@ -142,6 +152,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<usize> {
             rounds,
         } => bench_dom0(domu, bytes, rounds).await,
         Cmd::VbdDom0 { domu } => vbd_dom0(domu).await,
+        Cmd::VchanDom0 { domu, bytes } => vchan_dom0(domu, bytes).await,
     }
 }
 
@@ -309,6 +320,26 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
     let (xs, _b) = xenstore().await?;
     let me = own_domid(&xs).await?;
     println!("domU agent: domain {me}");
+    // 0. verified vchans with dom0 (our server, dom0's client).
+    let p0 = XenPlatform::open(me)?;
+    let mut fails = 0;
+    for (port, left, right) in VCHAN_CASES {
+        let r = async {
+            let addr = VchanAddress {
+                server: me,
+                client: 0,
+                port,
+            };
+            let server = VchanServer::listen(&p0, &xs, addr, left, right).await?;
+            let s = tokio::time::timeout(Duration::from_secs(300), server.accept(&xs))
+                .await
+                .map_err(|_| anyhow!("dom0 did not connect"))??;
+            scenarios::pump(s, VCHAN_BYTES, 1).await?;
+            anyhow::Ok(format!("orders {left}/{right}: {VCHAN_BYTES} bytes each way verified"))
+        }
+        .await;
+        fails += verdict(&format!("vchan_domU/server_{left}_{right}"), r);
+    }
     // 1. chan: the frontend daemon; 4 connections through chan-0.
     let r = domu_chan(&xs, chan_bytes).await;
     if r.is_err() {
@@ -324,7 +355,7 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
         Err(e) => format!("fail {e:#}"),
     };
     xs.write(CHAN_RESULT, &line).await?;
-    let mut fails = verdict("chan/domU", r);
+    fails += verdict("chan/domU", r);
     // 2. the benchmark peers.
     let p = XenPlatform::open(me)?;
     fails += verdict("bench/domU", domu_bench(&p, &xs, bench_bytes, rounds).await);
@@ -382,6 +413,40 @@ async fn domu_chan(xs: &XsClient, bytes: u64) -> anyhow::Result<String> {
         secs,
         (per * conns) as f64 / (1 << 20) as f64 / secs
     ))
+}
+
+// ---------------------------------------------------------- vchan domU
+
+/// The cross-domain vchans: (service port, left order, right order).
+const VCHAN_CASES: [(u32, u16, u16); 2] = [(21, 16, 16), (22, 10, 11)];
+/// Bytes each way (the domU agent's side; dom0's `--bytes` must match).
+const VCHAN_BYTES: usize = 8 << 20;
+
+async fn vchan_dom0(domu: DomId, bytes: usize) -> anyhow::Result<usize> {
+    let (xs, _b) = xenstore().await?;
+    let p = XenPlatform::open(0)?;
+    let mut fails = 0;
+    for (port, left, right) in VCHAN_CASES {
+        let r = async {
+            let addr = VchanAddress {
+                server: domu,
+                client: 0,
+                port,
+            };
+            let s = tokio::time::timeout(Duration::from_secs(300), connect(&p, &xs, addr))
+                .await
+                .map_err(|_| anyhow!("no vchan from domain {domu}"))??;
+            let t = Instant::now();
+            scenarios::pump(s, bytes, 2).await?;
+            anyhow::Ok(format!(
+                "orders {left}/{right}: {bytes} bytes each way verified in {:.2} s",
+                t.elapsed().as_secs_f64()
+            ))
+        }
+        .await;
+        fails += verdict(&format!("vchan_domU/dom0_client_{left}_{right}"), r);
+    }
+    Ok(fails)
 }
 
 // ----------------------------------------------------------------- bench

@@ -363,9 +363,10 @@ pub async fn vchan(p: &dyn Platform, order: u16, bytes: usize) -> Result<String>
     ))
 }
 
-/// Writes `n` bytes of pattern `salt` while reading and checking `n` bytes
-/// of the other side's pattern (`3 - salt`).
-async fn pump<S>(s: S, n: usize, salt: u8) -> Result<()>
+/// Writes `n` bytes of pattern `salt` (1 or 2) while reading and checking
+/// `n` bytes of the other side's pattern (`3 - salt`): one end of a
+/// verified two-way exchange (also used across domains by the VM jobs).
+pub async fn pump<S>(s: S, n: usize, salt: u8) -> Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -399,7 +400,11 @@ where
             }
             for (k, b) in buf[..got].iter().enumerate() {
                 if *b != byte(off + k, 3 - salt) {
-                    return Err(fail(format!("byte {} wrong", off + k)));
+                    return Err(fail(format!(
+                        "byte {} of {n} is {b:#04x}, expected {:#04x} (read of {got} at {off})",
+                        off + k,
+                        byte(off + k, 3 - salt)
+                    )));
                 }
             }
             off += got;
