@@ -18,6 +18,7 @@ T=/tmp/bin/xenring-xentest
 # The benchmark: the same bytes and round trips for xenring and Xen's C libraries.
 BENCH_BYTES=${BENCH_BYTES:-33554432}
 BENCH_ROUNDS=${BENCH_ROUNDS:-200}
+VERIFY_BYTES=${VERIFY_BYTES:-8388608}
 export RUST_LOG=${RUST_LOG:-info} NO_COLOR=1
 
 # 1. dom0 alone
@@ -31,6 +32,7 @@ mkdir -p /tmp/extra/tmp && cp $T /tmp/bin/xen-c-bench /tmp/extra/
 cat > /tmp/extra/job <<JOB
 #!/bin/sh
 mkdir -p /tmp/chan
+/xen-c-bench verify-server 0 $VERIFY_BYTES 16 || echo "FAIL c-verify server"
 /xenring-xentest domu --bench-bytes $BENCH_BYTES --rounds $BENCH_ROUNDS
 /xen-c-bench server 0 $BENCH_BYTES 16 $BENCH_ROUNDS || echo "FAIL c-bench server"
 JOB
@@ -51,7 +53,9 @@ CFG
 if xl create -q /tmp/domu.cfg; then
   DOMID=$(xl domid xentest-domu)
   echo "domU domid=$DOMID"
-  step vchan_domu $T vchan-dom0 --domu "$DOMID"
+  # libxenvchan against itself across domains (the reference), then ours
+  step c_vchan_domu /tmp/bin/xen-c-bench verify-client "$DOMID" "$VERIFY_BYTES"
+  step vchan_domu $T vchan-dom0 --domu "$DOMID" --bytes "$VERIFY_BYTES"
   step chan $T chan-dom0 --domu "$DOMID" --timeout 300
   [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
                      echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }

@@ -8,6 +8,10 @@
  *                             <home>/data/cbench-evport, echoing ROUNDS events
  *   client SERVER BYTES ROUNDS (dom0) reads BYTES from SERVER's vchan, timed;
  *                             then ROUNDS event round trips, timed
+ *   verify-server PEER BYTES ORDER [NAME] / verify-client SERVER BYTES [NAME]
+ *                             a two-way exchange, every byte checked, at
+ *                             <home>/data/NAME (default cverify; libxenvchan against itself
+ *                             across domains: the reference for xenring's)
  *
  * Prints "BENCH libxenvchan ..." lines.  Built on the host (bookworm, the same
  * glibc and Xen 4.17 libraries as the VM image) against libxen-dev:
@@ -155,6 +159,90 @@ static int client(int srv, long long bytes, int rounds)
     return 0;
 }
 
+static unsigned char pat(long long i, int salt)
+{
+    return (unsigned char)((i * 7) ^ salt);
+}
+
+/* Both ways at once, every byte checked: we send pattern `me`, the peer
+ * sends pattern `3 - me`.  Non-blocking libxenvchan calls, waiting only when
+ * neither direction moved. */
+static int exchange(struct libxenvchan *c, long long bytes, int me)
+{
+    static unsigned char out[16384], in[16384];
+    long long sent = 0, recvd = 0;
+    c->blocking = 0;
+    while (sent < bytes || recvd < bytes) {
+        int moved = 0;
+        if (sent < bytes) {
+            size_t n = bytes - sent < (long long)sizeof out ? bytes - sent : sizeof out;
+            for (size_t k = 0; k < n; k++)
+                out[k] = pat(sent + k, me);
+            int w = libxenvchan_write(c, out, n);
+            if (w < 0) { printf("FAIL c-verify: write failed after %lld\n", sent); return 1; }
+            sent += w;
+            moved |= w > 0;
+        }
+        if (recvd < bytes) {
+            int r = libxenvchan_read(c, in, sizeof in);
+            if (r < 0) { printf("FAIL c-verify: read failed after %lld\n", recvd); return 1; }
+            for (int k = 0; k < r; k++)
+                if (in[k] != pat(recvd + k, 3 - me)) {
+                    printf("FAIL c-verify: byte %lld is 0x%02x, expected 0x%02x\n",
+                           recvd + k, in[k], pat(recvd + k, 3 - me));
+                    return 1;
+                }
+            recvd += r;
+            moved |= r > 0;
+        }
+        if (!moved) {
+            if (!libxenvchan_is_open(c)) { printf("FAIL c-verify: closed at %lld/%lld\n", sent, recvd); return 1; }
+            libxenvchan_wait(c);
+        }
+    }
+    printf("PASS c-verify (libxenvchan both ends): %lld bytes each way verified\n", bytes);
+    return 0;
+}
+
+static int verify_server(int peer, long long bytes, int order, const char *name)
+{
+    struct xs_handle *xs = xs_open(0);
+    if (!xs) { perror("xs_open"); return 1; }
+    char path[128];
+    snprintf(path, sizeof path, "/local/domain/%d/data/%s", own_domid(xs), name);
+    struct libxenvchan *c = libxenvchan_server_init(NULL, peer, path, (size_t)1 << order, (size_t)1 << order);
+    if (!c) { perror("libxenvchan_server_init"); return 1; }
+    while (libxenvchan_is_open(c) == 2)
+        libxenvchan_wait(c);
+    int rc = exchange(c, bytes, 1);
+    while (libxenvchan_is_open(c))
+        libxenvchan_wait(c);
+    libxenvchan_close(c);
+    xs_close(xs);
+    return rc;
+}
+
+static int verify_client(int srv, long long bytes, const char *name)
+{
+    struct xs_handle *xs = xs_open(0);
+    if (!xs) { perror("xs_open"); return 1; }
+    char path[128];
+    snprintf(path, sizeof path, "/local/domain/%d/data/%s", srv, name);
+    struct libxenvchan *c = NULL;
+    for (int i = 0; i < 3000 && !c; i++) {
+        c = libxenvchan_client_init(NULL, srv, path);
+        if (!c)
+            usleep(100000);
+    }
+    if (!c) { perror("libxenvchan_client_init"); return 1; }
+    double t0 = now();
+    int rc = exchange(c, bytes, 2);
+    printf("c-verify: %.2f s\n", now() - t0);
+    libxenvchan_close(c);
+    xs_close(xs);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -162,6 +250,10 @@ int main(int argc, char **argv)
         return server(atoi(argv[2]), atoll(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc == 5 && !strcmp(argv[1], "client"))
         return client(atoi(argv[2]), atoll(argv[3]), atoi(argv[4]));
+    if (argc >= 5 && !strcmp(argv[1], "verify-server"))
+        return verify_server(atoi(argv[2]), atoll(argv[3]), atoi(argv[4]), argc > 5 ? argv[5] : "cverify");
+    if (argc >= 4 && !strcmp(argv[1], "verify-client"))
+        return verify_client(atoi(argv[2]), atoll(argv[3]), argc > 4 ? argv[4] : "cverify");
     fprintf(stderr, "usage: %s server PEER BYTES ORDER ROUNDS | client SERVER BYTES ROUNDS\n", argv[0]);
     return 2;
 }

@@ -85,6 +85,26 @@ enum Cmd {
         #[arg(long, default_value_t = 8 << 20)]
         bytes: usize,
     },
+    /// One end of a verified two-way vchan exchange at a XenStore path
+    /// (`data/NAME` of the server's home), e.g. against xen-c-bench's
+    /// libxenvchan end: the server sends pattern 1, the client pattern 2.
+    VchanPeer {
+        /// `server` or `client`.
+        #[arg(long)]
+        role: String,
+        /// The other domain.
+        #[arg(long)]
+        peer: DomId,
+        /// The name under the server's `data/`.
+        #[arg(long)]
+        name: String,
+        /// Bytes each way.
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: usize,
+        /// Ring orders (server).
+        #[arg(long, default_value_t = 16)]
+        order: u16,
+    },
     /// dom0: the benchmark's dom0 side against the domU agent.
     BenchDom0 {
         /// The domU.
@@ -153,6 +173,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<usize> {
         } => bench_dom0(domu, bytes, rounds).await,
         Cmd::VbdDom0 { domu } => vbd_dom0(domu).await,
         Cmd::VchanDom0 { domu, bytes } => vchan_dom0(domu, bytes).await,
+        Cmd::VchanPeer {
+            role,
+            peer,
+            name,
+            bytes,
+            order,
+        } => vchan_peer(&role, peer, &name, bytes, order).await,
     }
 }
 
@@ -447,6 +474,56 @@ async fn vchan_dom0(domu: DomId, bytes: usize) -> anyhow::Result<usize> {
         fails += verdict(&format!("vchan_domU/dom0_client_{left}_{right}"), r);
     }
     Ok(fails)
+}
+
+async fn vchan_peer(
+    role: &str,
+    peer: DomId,
+    name: &str,
+    bytes: usize,
+    order: u16,
+) -> anyhow::Result<usize> {
+    let (xs, _b) = xenstore().await?;
+    let me = own_domid(&xs).await?;
+    let p = XenPlatform::open(me)?;
+    let r = async {
+        let t = Instant::now();
+        match role {
+            "server" => {
+                let addr = VchanAddress {
+                    server: me,
+                    client: peer,
+                    port: 0,
+                };
+                let dir = format!("/local/domain/{me}/data/{name}");
+                let (l, r) = if order < 12 { (10, 11) } else { (order, order) };
+                let server = VchanServer::listen_at(&p, &xs, addr, &dir, l, r).await?;
+                let s = tokio::time::timeout(Duration::from_secs(300), server.accept(&xs))
+                    .await
+                    .map_err(|_| anyhow!("no client"))??;
+                scenarios::pump(s, bytes, 1).await?;
+            }
+            "client" => {
+                let addr = VchanAddress {
+                    server: peer,
+                    client: me,
+                    port: 0,
+                };
+                let dir = format!("/local/domain/{peer}/data/{name}");
+                let s = tokio::time::timeout(Duration::from_secs(300), connect_at(&p, &xs, addr, &dir))
+                    .await
+                    .map_err(|_| anyhow!("no server at {dir}"))??;
+                scenarios::pump(s, bytes, 2).await?;
+            }
+            other => bail!("--role {other:?}: server or client"),
+        }
+        anyhow::Ok(format!(
+            "{bytes} bytes each way verified in {:.2} s",
+            t.elapsed().as_secs_f64()
+        ))
+    }
+    .await;
+    Ok(verdict(&format!("vchan_peer/{role}/{name}"), r))
 }
 
 // ----------------------------------------------------------------- bench
