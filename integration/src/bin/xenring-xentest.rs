@@ -362,7 +362,9 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
                 .await
                 .map_err(|_| anyhow!("dom0 did not connect"))??;
             scenarios::pump(s, VCHAN_BYTES, 1).await?;
-            anyhow::Ok(format!("orders {left}/{right}: {VCHAN_BYTES} bytes each way verified"))
+            anyhow::Ok(format!(
+                "orders {left}/{right}: {VCHAN_BYTES} bytes each way verified"
+            ))
         }
         .await;
         fails += verdict(&format!("vchan_domU/server_{left}_{right}"), r);
@@ -510,9 +512,10 @@ async fn vchan_peer(
                     port: 0,
                 };
                 let dir = format!("/local/domain/{peer}/data/{name}");
-                let s = tokio::time::timeout(Duration::from_secs(300), connect_at(&p, &xs, addr, &dir))
-                    .await
-                    .map_err(|_| anyhow!("no server at {dir}"))??;
+                let s =
+                    tokio::time::timeout(Duration::from_secs(300), connect_at(&p, &xs, addr, &dir))
+                        .await
+                        .map_err(|_| anyhow!("no server at {dir}"))??;
                 scenarios::pump(s, bytes, 2).await?;
             }
             other => bail!("--role {other:?}: server or client"),

@@ -130,7 +130,9 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
             if len > XENSTORE_PAYLOAD_MAX {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
-                    format!("xenbus bridge: a message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"),
+                    format!(
+                        "xenbus bridge: a message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"
+                    ),
                 ));
             }
             let mut msg = Vec::with_capacity(XSD_HEADER_LEN + len);
