@@ -142,6 +142,23 @@ fn our_vchan_talks_to_libxenvchan_both_ways() {
 }
 
 #[test]
+fn libxenvchan_against_itself_across_domains_is_sound() {
+    // The reference: Xen's own library between dom0 and the domU.
+    assert_step("c_vchan_domu", &["c-verify"]);
+}
+
+#[test]
+fn our_vchan_moves_verified_bytes_between_dom0_and_the_domu() {
+    assert_step(
+        "vchan_domu",
+        &[
+            "vchan_domU/dom0_client_16_16",
+            "vchan_domU/dom0_client_10_11",
+        ],
+    );
+}
+
+#[test]
 fn a_chan_device_moves_64_mib_between_dom0_backend_and_domu_frontend() {
     assert_step(
         "chan",
@@ -153,6 +170,7 @@ fn a_chan_device_moves_64_mib_between_dom0_backend_and_domu_frontend() {
 #[test]
 fn the_benchmark_runs_between_dom0_and_the_domu() {
     assert_step("bench", &["bench/dom0"]);
+    assert_step("bench_c", &[]);
     let r = run();
     assert!(
         r.out.lines().any(|l| l.starts_with("BENCH ")),

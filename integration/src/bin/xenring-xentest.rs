@@ -361,7 +361,9 @@ async fn domu_agent(chan_bytes: u64, bench_bytes: u64, rounds: u32) -> anyhow::R
             let s = tokio::time::timeout(Duration::from_secs(300), server.accept(&xs))
                 .await
                 .map_err(|_| anyhow!("dom0 did not connect"))??;
-            scenarios::pump(s, VCHAN_BYTES, 1).await?;
+            tokio::time::timeout(Duration::from_secs(300), scenarios::pump(s, VCHAN_BYTES, 1))
+                .await
+                .map_err(|_| anyhow!("the exchange stalled: not done within 300 s"))??;
             anyhow::Ok(format!(
                 "orders {left}/{right}: {VCHAN_BYTES} bytes each way verified"
             ))
@@ -424,9 +426,15 @@ async fn domu_chan(xs: &XsClient, bytes: u64) -> anyhow::Result<String> {
             per,
         )));
     }
-    for t in tasks {
-        t.await??;
-    }
+    let all = async {
+        for t in tasks {
+            t.await??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(240), all)
+        .await
+        .map_err(|_| anyhow!("the transfer stalled: not done within 240 s"))??;
     let secs = t.elapsed().as_secs_f64();
     let st = fe.stop(Duration::from_secs(20))?;
     if !st.success() {
@@ -466,7 +474,9 @@ async fn vchan_dom0(domu: DomId, bytes: usize) -> anyhow::Result<usize> {
                 .await
                 .map_err(|_| anyhow!("no vchan from domain {domu}"))??;
             let t = Instant::now();
-            scenarios::pump(s, bytes, 2).await?;
+            tokio::time::timeout(Duration::from_secs(300), scenarios::pump(s, bytes, 2))
+                .await
+                .map_err(|_| anyhow!("the exchange stalled: not done within 300 s"))??;
             anyhow::Ok(format!(
                 "orders {left}/{right}: {bytes} bytes each way verified in {:.2} s",
                 t.elapsed().as_secs_f64()
