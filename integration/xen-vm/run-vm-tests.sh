@@ -71,6 +71,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = boot ]; then
   rc=0
+  echo "=== MACHINE host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; VM: QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') TCG, Xen under software emulation"
   echo "=== BOOT xenstored"
   XENSTORED=xenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-xenstored.log \
     "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -f "$BIN/xen-c-bench" -s "$HERE/dom0-job.sh"
