@@ -4,9 +4,9 @@
 //! | trait | device and ioctl |
 //! |---|---|
 //! | [`Platform::share_pages`] | gntalloc `IOCTL_GNTALLOC_ALLOC_GREF` + mmap (our view is always writable) |
-//! | [`SharedPages::end`](crate::platform::SharedPages::end) | munmap + `IOCTL_GNTALLOC_DEALLOC_GREF`; never refused: while the peer still maps a page the kernel defers the revocation |
+//! | [`SharedPages::end`] | munmap + `IOCTL_GNTALLOC_DEALLOC_GREF`; never refused: while the peer still maps a page the kernel defers the revocation |
 //! | [`Platform::map_grants`] | gntdev `IOCTL_GNTDEV_MAP_GRANT_REF` (one batch) + mmap, where the hypervisor maps; a refused batch is retried one reference at a time to name the refused one |
-//! | [`ForeignMapping::unmap`](crate::platform::ForeignMapping::unmap) | munmap + `IOCTL_GNTDEV_UNMAP_GRANT_REF` |
+//! | [`ForeignMapping::unmap`] | munmap + `IOCTL_GNTDEV_UNMAP_GRANT_REF` |
 //! | `set_unmap_notify` | `IOCTL_GNTALLOC_SET_UNMAP_NOTIFY` / `IOCTL_GNTDEV_SET_UNMAP_NOTIFY` |
 //! | [`Platform::grant_copy`] | `IOCTL_GNTDEV_GRANT_COPY`; the local side is an address in [`Platform::alloc_pages`] memory |
 //! | [`Platform::alloc_pages`] | anonymous memory |
