@@ -3,8 +3,9 @@
 //! A [`Platform`] is "this domain, on some Xen": it shares pages with other
 //! domains, maps their grants, copies and transfers pages, and binds event
 //! channels. Two implementations exist: the simulated host
-//! ([`crate::sim::SimDomain`]) and, later, real Xen through
-//! `/dev/xen/{gntalloc,gntdev,evtchn}`. The trait follows what the Linux
+//! ([`crate::sim::SimDomain`]) and real Xen through
+//! `/dev/xen/{gntalloc,gntdev,evtchn}` ([`xen::XenPlatform`], which has the
+//! ioctl-level table). The trait follows what the Linux
 //! devices can do, so the real implementation fits without changing
 //! protocol code:
 //!
@@ -27,6 +28,8 @@
 //!
 //! Handles are trait objects so that a daemon can pick its platform at run
 //! time (`--platform sim|xen`) without making every protocol type generic.
+
+pub mod xen;
 
 use std::any::Any;
 use std::fmt::Debug;

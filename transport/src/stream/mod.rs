@@ -125,7 +125,7 @@ pub use control::{ControlPage, Layout, PeerState, RingId, RingLayout, Side};
 pub use end::{RingSetup, Vchan};
 pub use error::StreamError;
 pub use marker::{MarkerSpot, MARKER_ALIVE, MARKER_CLOSED};
-pub use setup::{connect, connect_direct, SetupError, VchanServer};
+pub use setup::{connect, connect_at, connect_direct, SetupError, VchanServer};
 pub use xs::{
     format_value, parse_event_channel, parse_ring_ref, VchanAddress, EVENT_CHANNEL_KEY,
     RING_REF_KEY,

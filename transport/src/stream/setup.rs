@@ -32,7 +32,7 @@
 use super::control::{ControlPage, PeerState, RingLayout, Side};
 use super::{
     format_value, parse_event_channel, parse_ring_ref, RingSetup, StreamError, Vchan, VchanAddress,
-    VchanStream,
+    VchanStream, EVENT_CHANNEL_KEY, RING_REF_KEY,
 };
 use crate::platform::{Access, EventChannel, GrantRef, Platform, PlatformError, Port, UnmapNotify};
 use crate::shm::PAGE_SIZE;
@@ -90,6 +90,8 @@ pub enum SetupError {
 #[derive(Debug)]
 pub struct VchanServer {
     addr: VchanAddress,
+    /// The XenStore directory it is advertised in.
+    dir: String,
     vchan: Vchan,
     chan: Box<dyn EventChannel>,
     ring_ref: GrantRef,
@@ -112,9 +114,28 @@ impl VchanServer {
         left_order: u16,
         right_order: u16,
     ) -> Result<VchanServer, SetupError> {
-        let server = VchanServer::create(platform, addr, left_order, right_order)?;
+        VchanServer::listen_at(platform, xs, addr, &addr.dir(), left_order, right_order).await
+    }
+
+    /// [`VchanServer::listen`] in the XenStore directory `dir` instead of
+    /// the one `addr` names: libxenvchan's own programs take any path
+    /// (`libxenvchan_server_init(..., xs_path, ...)`, e.g.
+    /// `vchan-socket-proxy DOMID PATH`), and write `ring-ref` and
+    /// `event-channel` under it.
+    ///
+    /// Cancellation: as [`VchanServer::listen`].
+    pub async fn listen_at(
+        platform: &dyn Platform,
+        xs: &XsClient,
+        addr: VchanAddress,
+        dir: &str,
+        left_order: u16,
+        right_order: u16,
+    ) -> Result<VchanServer, SetupError> {
+        let mut server = VchanServer::create(platform, addr, left_order, right_order)?;
+        server.dir = dir.to_string();
         let (ring_ref, port) = server.offer();
-        advertise(xs, addr, ring_ref, port).await?;
+        advertise(xs, addr, dir, ring_ref, port).await?;
         tracing::debug!(%addr, ring_ref, port, left_order, right_order, "vchan server listening");
         Ok(server)
     }
@@ -162,6 +183,7 @@ impl VchanServer {
             .map_err(|source| SetupError::Stream { addr, source })?;
         Ok(VchanServer {
             addr,
+            dir: addr.dir(),
             vchan,
             chan,
             ring_ref,
@@ -189,14 +211,13 @@ impl VchanServer {
     /// matters).
     pub async fn accept(self, xs: &XsClient) -> Result<VchanStream, SetupError> {
         let addr = self.addr;
+        let dir = self.dir.clone();
         let stream = self.accept_direct().await?;
-        xs.rm(&addr.dir())
-            .await
-            .map_err(|source| SetupError::Xenstore {
-                addr,
-                what: "removing the advertisement",
-                source,
-            })?;
+        xs.rm(&dir).await.map_err(|source| SetupError::Xenstore {
+            addr,
+            what: "removing the advertisement",
+            source,
+        })?;
         Ok(stream)
     }
 
@@ -231,6 +252,7 @@ impl VchanServer {
 async fn advertise(
     xs: &XsClient,
     addr: VchanAddress,
+    dir: &str,
     ring_ref: u32,
     port: u32,
 ) -> Result<(), SetupError> {
@@ -239,14 +261,16 @@ async fn advertise(
         Perm::new(addr.server, PermAccess::None),
         Perm::new(addr.client, PermAccess::Read),
     ];
-    let dir = addr.dir();
-    xs.mkdir(&dir).await.map_err(xe("creating the directory"))?;
+    xs.mkdir(dir).await.map_err(xe("creating the directory"))?;
     // New nodes copy their parent's permissions, so the keys are readable
     // by the client from the moment they appear.
-    xs.set_perms(&dir, &perms)
+    xs.set_perms(dir, &perms)
         .await
         .map_err(xe("setting the directory's permissions"))?;
-    let (rr_path, ev_path) = (addr.ring_ref_path(), addr.event_channel_path());
+    let (rr_path, ev_path) = (
+        format!("{dir}/{RING_REF_KEY}"),
+        format!("{dir}/{EVENT_CHANNEL_KEY}"),
+    );
     let (rr, ev) = (format_value(ring_ref), format_value(port));
     xs.transaction(async |t| {
         t.write(&rr_path, &rr).await?;
@@ -273,15 +297,29 @@ pub async fn connect(
     xs: &XsClient,
     addr: VchanAddress,
 ) -> Result<VchanStream, SetupError> {
+    connect_at(platform, xs, addr, &addr.dir()).await
+}
+
+/// [`connect`] to a server advertised in the XenStore directory `dir`
+/// instead of the one `addr` names (a libxenvchan server started with its
+/// own path, e.g. `vchan-socket-proxy -m server DOMID PATH -`).
+///
+/// Cancellation safe, as [`connect`].
+pub async fn connect_at(
+    platform: &dyn Platform,
+    xs: &XsClient,
+    addr: VchanAddress,
+    dir: &str,
+) -> Result<VchanStream, SetupError> {
     check_end(platform, addr, "client")?;
     let xe = |what| move |source| SetupError::Xenstore { addr, what, source };
     let st = |source| SetupError::Stream { addr, source };
-    let rr = wait_readable(xs, &addr.ring_ref_path())
+    let rr = wait_readable(xs, &format!("{dir}/{RING_REF_KEY}"))
         .await
         .map_err(xe("waiting for ring-ref"))?;
     let ring_ref = parse_ring_ref(&rr).map_err(st)?;
     let ev = xs
-        .read(&addr.event_channel_path())
+        .read(&format!("{dir}/{EVENT_CHANNEL_KEY}"))
         .await
         .map_err(xe("reading event-channel"))?;
     let port = parse_event_channel(&ev).map_err(st)?;

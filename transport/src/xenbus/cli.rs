@@ -3,9 +3,12 @@
 //!
 //! ```text
 //!   --platform sim|xen      (XENRING_PLATFORM, default sim)
-//!   --domid N               (XENRING_DOMID; sim: the domain to join)
+//!   --domid N               (XENRING_DOMID; sim: the domain to join;
+//!                            xen: default XenStore's `domid` key)
 //!   --sim-socket PATH       (XENRING_SIM_SOCKET; sim: the host's control socket)
-//!   --xenstore PATH         (XENSTORED_PATH; the XenStore socket)
+//!   --xenstore PATH         (XENSTORED_PATH; the XenStore socket; xen: default
+//!                            /run/xenstored/socket or /var/run/xenstored/socket
+//!                            in dom0, /dev/xen/xenbus through a bridge in a guest)
 //! ```
 
 use std::path::PathBuf;
@@ -13,8 +16,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::platform::xen::{own_domid, XenPlatform};
 use crate::platform::{DomId, Platform};
 use crate::sim::SimDomain;
+use crate::xenstore::xenbus_dev::{XenbusBridge, XENBUS_DEVICE};
 use crate::xenstore::XsClient;
 
 /// Which platform to run on.
@@ -61,35 +66,28 @@ impl CommonArgs {
     /// Opens the platform and XenStore. Must run before other threads read
     /// the environment: it sets `XENSTORED_PATH` from `--xenstore`.
     pub async fn connect(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {
-        let platform: Arc<dyn Platform> =
-            match self.platform {
-                PlatformKind::Xen => return Err(StartError::Platform(
-                    "platform xen: the /dev/xen (gntdev, gntalloc, evtchn) implementation is not \
-                     built yet; use --platform sim"
+        if self.platform == PlatformKind::Xen {
+            return self.connect_xen().await;
+        }
+        let platform: Arc<dyn Platform> = {
+            let socket = self.sim_socket.clone().ok_or_else(|| {
+                StartError::Missing(
+                    "no simulated host named: pass --sim-socket PATH or set XENRING_SIM_SOCKET \
+                     (xenring-sim exec sets it)"
                         .into(),
-                )),
-                PlatformKind::Sim => {
-                    let socket = self.sim_socket.clone().ok_or_else(|| {
-                        StartError::Missing(
-                        "no simulated host named: pass --sim-socket PATH or set XENRING_SIM_SOCKET \
-                         (xenring-sim exec sets it)"
-                            .into(),
-                    )
-                    })?;
-                    let domid = self.domid.ok_or_else(|| {
-                        StartError::Missing(
-                            "no domain named: pass --domid N or set XENRING_DOMID".into(),
-                        )
-                    })?;
-                    let d = SimDomain::connect(&socket, domid).map_err(|e| {
-                        StartError::Platform(format!(
-                            "cannot join the simulated host at {} as domain {domid}: {e}",
-                            socket.display()
-                        ))
-                    })?;
-                    Arc::new(d)
-                }
-            };
+                )
+            })?;
+            let domid = self.domid.ok_or_else(|| {
+                StartError::Missing("no domain named: pass --domid N or set XENRING_DOMID".into())
+            })?;
+            let d = SimDomain::connect(&socket, domid).map_err(|e| {
+                StartError::Platform(format!(
+                    "cannot join the simulated host at {} as domain {domid}: {e}",
+                    socket.display()
+                ))
+            })?;
+            Arc::new(d)
+        };
         let path = self.xenstore.clone().ok_or_else(|| {
             StartError::Missing(
                 "no XenStore named: pass --xenstore PATH or set XENSTORED_PATH".into(),
@@ -106,6 +104,68 @@ impl CommonArgs {
         })?;
         Ok((platform, xs))
     }
+
+    /// Real Xen: XenStore first (`--xenstore`, else xenstored's socket in
+    /// dom0, else `/dev/xen/xenbus` through a bridge in a guest), then the
+    /// domain id (`--domid`, else XenStore's `domid` key), then the devices.
+    async fn connect_xen(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {
+        let (xs, _bridge) = connect_xen_xenstore(self.xenstore.clone())
+            .await
+            .map_err(|e| StartError::Xenstore(format!("platform xen: {e}")))?;
+        let domid = match self.domid {
+            Some(d) => d,
+            None => own_domid(&xs).await.map_err(|e| {
+                StartError::Xenstore(format!(
+                    "platform xen: cannot read this domain's id from XenStore (key `domid`): {e}; \
+                     pass --domid N"
+                ))
+            })?,
+        };
+        let platform = XenPlatform::open(domid)
+            .map_err(|e| StartError::Platform(format!("platform xen, domain {domid}: {e}")))?;
+        Ok((Arc::new(platform), xs))
+    }
+}
+
+/// Connects to XenStore on real Xen: `path` if given, else the first of
+/// xenstored's sockets that exists (dom0), else `/dev/xen/xenbus` through a
+/// [`XenbusBridge`] (a guest). The bridge, if one was started, is kept
+/// running for the rest of the process (the client reconnects through it),
+/// and also returned for callers that want to end it.
+pub async fn connect_xen_xenstore(
+    path: Option<PathBuf>,
+) -> Result<(XsClient, Option<&'static XenbusBridge>), StartError> {
+    let candidates = ["/run/xenstored/socket", "/var/run/xenstored/socket"];
+    let mut bridge = None;
+    let path = match path {
+        Some(p) => p,
+        None => match candidates.iter().map(PathBuf::from).find(|p| p.exists()) {
+            Some(p) => p,
+            None => {
+                let b = XenbusBridge::start(std::path::Path::new(XENBUS_DEVICE))
+                    .await
+                    .map_err(|e| {
+                        StartError::Xenstore(format!(
+                            "no XenStore: neither {} exists, and {e}",
+                            candidates.join(" nor ")
+                        ))
+                    })?;
+                // One bridge per process, alive as long as the process.
+                let b: &'static XenbusBridge = Box::leak(Box::new(b));
+                bridge = Some(b);
+                b.path().to_path_buf()
+            }
+        },
+    };
+    std::env::set_var("XENSTORED_PATH", &path);
+    let xs = XsClient::connect().await.map_err(|e| {
+        StartError::Xenstore(format!(
+            "no XenStore at {}: {}",
+            path.display(),
+            root_cause(&e)
+        ))
+    })?;
+    Ok((xs, bridge))
 }
 
 fn root_cause(e: &dyn std::error::Error) -> String {

@@ -97,7 +97,27 @@ impl std::fmt::Debug for XsClient {
     }
 }
 
+/// Opens both connections. A connect refused with `EAGAIN` (the server's
+/// listen backlog is full: seen with oxenstored when a few clients connect
+/// at the same moment) is retried with a short backoff until `timeout`.
 async fn open(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        match open_once(path, timeout).await {
+            Err(XsError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
     let connect_err = |source| XsError::Connect {
         path: path.to_path_buf(),
         source,

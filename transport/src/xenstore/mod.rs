@@ -6,6 +6,8 @@
 //! * [`store`]: the embedded xenstored's store, sans-IO ([`Store`]).
 //! * [`server`]: the embedded xenstored, one Unix socket per domain
 //!   ([`Xenstored`]).
+//! * [`xenbus_dev`]: XenStore in a guest, `/dev/xen/xenbus` relayed to a
+//!   Unix socket for the client.
 
 mod client;
 pub mod codec;
@@ -16,6 +18,7 @@ pub mod server;
 pub mod store;
 mod txn;
 mod watch;
+pub mod xenbus_dev;
 
 pub use client::{ClientOptions, XsClient, DEFAULT_XENSTORED_PATH, ENV_XENSTORED_PATH};
 pub use codec::{CodecError, XsMsg};

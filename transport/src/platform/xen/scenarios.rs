@@ -1,0 +1,447 @@
+//! The platform's unit scenarios on real Xen, for one domain talking to
+//! itself (dom0 granting to dom0, binding its own ports): share, batch map,
+//! read-only map, refused maps, grant copy, events, unmap notifications
+//! (both the sharer's and the mapper's), page transfer refused, and a vchan
+//! stream through the platform. They need a Xen domain, so they run in the
+//! project's VM (`xenring-xentest platform`, see `integration/xen-vm/`),
+//! not under `cargo test`'s host.
+//!
+//! Each scenario returns a one-line description of what it checked, or an
+//! error saying what was wrong.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::platform::{
+    Access, CopyPtr, DomId, EventChannel, GnttabStatus, GrantCopy, Platform, PlatformError, Result,
+    UnmapNotify,
+};
+use crate::shm::{Protection, PAGE_SIZE};
+
+/// How long one event may take before a scenario fails (none hangs).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn fail(msg: impl Into<String>) -> PlatformError {
+    PlatformError::Protocol(msg.into())
+}
+
+async fn wait(ch: &dyn EventChannel, what: &str) -> Result<()> {
+    match tokio::time::timeout(EVENT_TIMEOUT, ch.wait()).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(format!(
+            "no event on port {} within {EVENT_TIMEOUT:?} ({what})",
+            ch.local_port()
+        ))),
+    }
+}
+
+fn byte(i: usize, salt: u8) -> u8 {
+    (i.wrapping_mul(7) as u8) ^ salt
+}
+
+/// Shares `pages` pages with ourselves, maps them in one batch, and checks
+/// that each side sees the other's writes, page by page.
+pub fn share_and_map(p: &dyn Platform, pages: usize) -> Result<String> {
+    let me = p.domid();
+    let share = p.share_pages(me, pages, Access::ReadWrite)?;
+    if share.refs().len() != pages {
+        return Err(fail(format!(
+            "{} refs for {pages} pages",
+            share.refs().len()
+        )));
+    }
+    for i in 0..pages {
+        share
+            .memory()
+            .write(i * PAGE_SIZE + 100, &[byte(i, 0x5a); 16]);
+    }
+    let map = p.map_grants(me, share.refs(), Access::ReadWrite)?;
+    for i in 0..pages {
+        let mut got = [0u8; 16];
+        map.memory().read(i * PAGE_SIZE + 100, &mut got);
+        if got != [byte(i, 0x5a); 16] {
+            return Err(fail(format!(
+                "page {i}: the mapping does not see the share's bytes"
+            )));
+        }
+        map.memory()
+            .write(i * PAGE_SIZE + 3000, &[byte(i, 0xa5); 8]);
+    }
+    for i in 0..pages {
+        let mut got = [0u8; 8];
+        share.memory().read(i * PAGE_SIZE + 3000, &mut got);
+        if got != [byte(i, 0xa5); 8] {
+            return Err(fail(format!(
+                "page {i}: the share does not see the mapper's bytes"
+            )));
+        }
+    }
+    let ro = p.map_grants(me, &share.refs()[..1], Access::ReadOnly)?;
+    if ro.memory().protection() != Protection::ReadOnly {
+        return Err(fail("a read-only map is writable"));
+    }
+    let mut got = [0u8; 1];
+    ro.memory().read(100, &mut got);
+    if got[0] != byte(0, 0x5a) {
+        return Err(fail("the read-only map does not see the share"));
+    }
+    ro.unmap()?;
+    map.unmap()?;
+    share.end().map_err(|(_, e)| e)?;
+    Ok(format!(
+        "share {pages} pages, batch map rw, both see each other's writes; read-only map; unmap; end"
+    ))
+}
+
+/// A reference nobody granted is refused and named, alone and in a batch
+/// (where nothing stays mapped); a read-only grant refuses a writable map.
+pub fn refused_maps(p: &dyn Platform) -> Result<String> {
+    let me = p.domid();
+    let share = p.share_pages(me, 2, Access::ReadWrite)?;
+    let good = share.refs()[0];
+    let ro_share = p.share_pages(me, 1, Access::ReadOnly)?;
+    // A reference far beyond what this domain has granted.
+    let bad = 1_000_000;
+    let e = p
+        .map_grants(me, &[bad], Access::ReadWrite)
+        .err()
+        .ok_or_else(|| fail(format!("mapping ungranted ref {bad} succeeded")))?;
+    if !e.to_string().contains(&bad.to_string()) {
+        return Err(fail(format!("the error does not name ref {bad}: {e}")));
+    }
+    let e = p
+        .map_grants(me, &[good, bad], Access::ReadWrite)
+        .err()
+        .ok_or_else(|| fail("a batch with a bad ref succeeded"))?;
+    if !e.to_string().contains(&format!("[{bad}]")) {
+        return Err(fail(format!(
+            "the batch error does not single out ref {bad}: {e}"
+        )));
+    }
+    // Nothing of the batch stayed mapped: the good ref maps and the share ends.
+    p.map_grants(me, &[good], Access::ReadWrite)?.unmap()?;
+    let e = p
+        .map_grants(me, ro_share.refs(), Access::ReadWrite)
+        .err()
+        .ok_or_else(|| fail("a writable map of a read-only grant succeeded"))?;
+    p.map_grants(me, ro_share.refs(), Access::ReadOnly)?
+        .unmap()?;
+    share.end().map_err(|(_, e)| e)?;
+    ro_share.end().map_err(|(_, e)| e)?;
+    Ok(format!(
+        "ungranted ref refused and named, alone and in a batch; rw map of ro grant refused ({e})"
+    ))
+}
+
+/// Grant copy both ways between our own pages and a granted page, and a
+/// segment crossing its page end refused on its own.
+pub fn grant_copy(p: &dyn Platform) -> Result<String> {
+    let me = p.domid();
+    let share = p.share_pages(me, 1, Access::ReadWrite)?;
+    let gref = share.refs()[0];
+    let local = p.alloc_pages(2)?;
+    let data: Vec<u8> = (0..1000).map(|i| byte(i, 0x33)).collect();
+    local.memory().write(PAGE_SIZE + 10, &data);
+    share.memory().write(2000, &[0xee; 500]);
+    let mut ops = [
+        // local page 1 -> granted page at 100
+        GrantCopy {
+            source: CopyPtr::Local {
+                pages: &*local,
+                offset: PAGE_SIZE + 10,
+            },
+            dest: CopyPtr::Grant {
+                domid: me,
+                gref,
+                offset: 100,
+            },
+            len: 1000,
+            status: GnttabStatus::GeneralError,
+        },
+        // granted page at 2000 -> local page 0
+        GrantCopy {
+            source: CopyPtr::Grant {
+                domid: me,
+                gref,
+                offset: 2000,
+            },
+            dest: CopyPtr::Local {
+                pages: &*local,
+                offset: 0,
+            },
+            len: 500,
+            status: GnttabStatus::GeneralError,
+        },
+        // crosses the granted page's end
+        GrantCopy {
+            source: CopyPtr::Local {
+                pages: &*local,
+                offset: 0,
+            },
+            dest: CopyPtr::Grant {
+                domid: me,
+                gref,
+                offset: 4000,
+            },
+            len: 200,
+            status: GnttabStatus::Okay,
+        },
+    ];
+    p.grant_copy(&mut ops)?;
+    let st: Vec<GnttabStatus> = ops.iter().map(|o| o.status).collect();
+    if st[0] != GnttabStatus::Okay || st[1] != GnttabStatus::Okay {
+        return Err(fail(format!("copy statuses {st:?}")));
+    }
+    if st[2] == GnttabStatus::Okay {
+        return Err(fail("a copy crossing the page end succeeded"));
+    }
+    let mut got = vec![0u8; 1000];
+    share.memory().read(100, &mut got);
+    if got != data {
+        return Err(fail("local -> grant copy: wrong bytes in the granted page"));
+    }
+    let mut got = [0u8; 500];
+    local.memory().read(0, &mut got);
+    if got != [0xee; 500] {
+        return Err(fail("grant -> local copy: wrong bytes in our page"));
+    }
+    // An ungranted reference gets a status, not an error of the batch.
+    let mut bad = [GrantCopy {
+        source: CopyPtr::Grant {
+            domid: me,
+            gref: 1_000_000,
+            offset: 0,
+        },
+        dest: CopyPtr::Local {
+            pages: &*local,
+            offset: 0,
+        },
+        len: 16,
+        status: GnttabStatus::Okay,
+    }];
+    p.grant_copy(&mut bad)?;
+    if bad[0].status == GnttabStatus::Okay {
+        return Err(fail("a copy from an ungranted ref succeeded"));
+    }
+    share.end().map_err(|(_, e)| e)?;
+    Ok(format!(
+        "copy local->grant and grant->local verified; page-crossing op refused ({}); \
+         ungranted ref gives {}",
+        st[2], bad[0].status
+    ))
+}
+
+/// An unbound port and its interdomain binding: events both ways,
+/// coalescing, and `rounds` ping-pongs.
+pub async fn events(p: &dyn Platform, rounds: u32) -> Result<String> {
+    let me = p.domid();
+    let a = p.alloc_unbound_port(me)?;
+    let b = p.bind_interdomain(me, a.local_port())?;
+    if b.remote_domid() != me {
+        return Err(fail("remote domid wrong"));
+    }
+    a.notify()?;
+    wait(&*b, "a -> b").await?;
+    b.notify()?;
+    wait(&*a, "b -> a").await?;
+    // Several notifications before a wait coalesce into (at least) one.
+    for _ in 0..5 {
+        a.notify()?;
+    }
+    wait(&*b, "coalesced").await?;
+    let t = std::time::Instant::now();
+    for i in 0..rounds {
+        a.notify()?;
+        wait(&*b, &format!("ping {i}")).await?;
+        b.notify()?;
+        wait(&*a, &format!("pong {i}")).await?;
+    }
+    let rtt = t.elapsed() / rounds.max(1);
+    let (pa, pb) = (a.local_port(), b.local_port());
+    b.close()?;
+    a.close()?;
+    Ok(format!(
+        "ports {pa} <-> {pb}: events both ways, 5 notifies coalesced, {rounds} round trips \
+         (mean {rtt:?})"
+    ))
+}
+
+/// The mapper's unmap notification clears a byte in the sharer's page and
+/// signals the sharer's port; the sharer's, set on its share, does the same
+/// for the mapper when the share ends while still mapped.
+pub async fn unmap_notify(p: &dyn Platform) -> Result<String> {
+    let me = p.domid();
+    let mut share = p.share_pages(me, 2, Access::ReadWrite)?;
+    let sport = p.alloc_unbound_port(me)?;
+    let mport = p.bind_interdomain(me, sport.local_port())?;
+    share.memory().write(10, &[1]);
+    share.memory().write(PAGE_SIZE + 20, &[1]);
+    // Mapper side: byte 10 of page 0 and an event to the sharer.
+    let mut map = p.map_grants(me, share.refs(), Access::ReadWrite)?;
+    map.set_unmap_notify(UnmapNotify {
+        clear_byte: Some(10),
+        event: Some(mport.local_port()),
+    })?;
+    map.unmap()?;
+    wait(&*sport, "the mapper's unmap notification").await?;
+    let mut b = [9u8];
+    share.memory().read(10, &mut b);
+    if b[0] != 0 {
+        return Err(fail("the mapper's unmap did not clear byte 10"));
+    }
+    // Sharer side: byte 20 of page 1 and an event to the mapper, fired when
+    // the share ends although the mapper still maps it.
+    share.set_unmap_notify(UnmapNotify {
+        clear_byte: Some(PAGE_SIZE + 20),
+        event: Some(sport.local_port()),
+    })?;
+    let map = p.map_grants(me, share.refs(), Access::ReadWrite)?;
+    let mut b = [0u8];
+    map.memory().read(PAGE_SIZE + 20, &mut b);
+    if b[0] != 1 {
+        return Err(fail("byte 20 of page 1 not set before the end"));
+    }
+    share.end().map_err(|(_, e)| e)?;
+    wait(&*mport, "the sharer's unmap notification").await?;
+    map.memory().read(PAGE_SIZE + 20, &mut b);
+    if b[0] != 0 {
+        return Err(fail(
+            "the share's end did not clear byte 20 of page 1 in the mapping",
+        ));
+    }
+    map.unmap()?;
+    Ok(
+        "mapper's unmap clears the byte + signals; sharer's end (still mapped) clears + signals"
+            .into(),
+    )
+}
+
+/// Page transfer is refused as unsupported on this platform.
+pub fn transfer_unsupported(p: &dyn Platform) -> Result<String> {
+    match p.offer_transfer_slot(p.domid()) {
+        Err(PlatformError::Unsupported(what)) => {
+            let page = p.alloc_pages(1)?;
+            match p.transfer_page(page, p.domid(), 8) {
+                Err(PlatformError::Unsupported(_)) => Ok(format!(
+                    "offer_transfer_slot and transfer_page: unsupported ({what})"
+                )),
+                other => Err(fail(format!("transfer_page: {other:?}"))),
+            }
+        }
+        Err(e) => Err(fail(format!("offer_transfer_slot: wrong error {e}"))),
+        Ok(_) => Err(fail("offer_transfer_slot succeeded")),
+    }
+}
+
+/// A vchan between our own two ends (rings of 2^`order` bytes; below 12
+/// the in-page rings of orders 10 and 11), `bytes` each way, every byte
+/// checked.
+pub async fn vchan(p: &dyn Platform, order: u16, bytes: usize) -> Result<String> {
+    let (left, right) = if order < 12 { (10, 11) } else { (order, order) };
+    use crate::stream::{connect_direct, VchanAddress, VchanServer};
+    let me: DomId = p.domid();
+    let addr = VchanAddress {
+        server: me,
+        client: me,
+        port: 1,
+    };
+    let server = VchanServer::create(p, addr, left, right).map_err(|e| fail(e.to_string()))?;
+    let (rr, port) = server.offer();
+    let accept = server.accept_direct();
+    let client = connect_direct(p, addr, rr, port).map_err(|e| fail(e.to_string()))?;
+    let srv = accept.await.map_err(|e| fail(e.to_string()))?;
+    let t = std::time::Instant::now();
+    let (a, b) = tokio::join!(pump(srv, bytes, 1), pump(client, bytes, 2));
+    a?;
+    b?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(format!(
+        "vchan order {order}: {bytes} bytes each way verified ({:.1} MiB/s each way)",
+        bytes as f64 / (1 << 20) as f64 / secs
+    ))
+}
+
+/// Writes `n` bytes of pattern `salt` (1 or 2) while reading and checking
+/// `n` bytes of the other side's pattern (`3 - salt`): one end of a
+/// verified two-way exchange (also used across domains by the VM jobs).
+pub async fn pump<S>(s: S, n: usize, salt: u8) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(s);
+    let writer = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut off = 0;
+        while off < n {
+            let len = (n - off).min(buf.len());
+            for (k, b) in buf[..len].iter_mut().enumerate() {
+                *b = byte(off + k, salt);
+            }
+            w.write_all(&buf[..len])
+                .await
+                .map_err(|e| fail(format!("write: {e}")))?;
+            off += len;
+        }
+        w.flush().await.map_err(|e| fail(format!("flush: {e}")))?;
+        Ok::<_, PlatformError>(w)
+    };
+    let reader = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut off = 0;
+        while off < n {
+            let got = r
+                .read(&mut buf)
+                .await
+                .map_err(|e| fail(format!("read: {e}")))?;
+            if got == 0 {
+                return Err(fail(format!("end of stream after {off} of {n} bytes")));
+            }
+            for (k, b) in buf[..got].iter().enumerate() {
+                if *b != byte(off + k, 3 - salt) {
+                    return Err(fail(format!(
+                        "byte {} of {n} is {b:#04x}, expected {:#04x} (read of {got} at {off})",
+                        off + k,
+                        byte(off + k, 3 - salt)
+                    )));
+                }
+            }
+            off += got;
+        }
+        Ok(())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    r?;
+    drop(w?);
+    Ok(())
+}
+
+/// Runs every scenario, printing `PASS name: what` or `FAIL name: why`;
+/// returns the number of failures.
+pub async fn run_all(p: &dyn Platform) -> usize {
+    let mut fails = 0;
+    let mut report = |name: &str, r: Result<String>| match r {
+        Ok(what) => println!("PASS platform/{name}: {what}"),
+        Err(e) => {
+            println!("FAIL platform/{name}: {e}");
+            fails += 1;
+        }
+    };
+    report("share_and_map", share_and_map(p, 16));
+    report("refused_maps", refused_maps(p));
+    report("grant_copy", grant_copy(p));
+    report("events", timed(events(p, 200)).await);
+    report("unmap_notify", timed(unmap_notify(p)).await);
+    report("transfer_unsupported", transfer_unsupported(p));
+    report("vchan_in_page", timed(vchan(p, 11, 1 << 20)).await);
+    report("vchan_pages", timed(vchan(p, 16, 16 << 20)).await);
+    fails
+}
+
+async fn timed<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(Duration::from_secs(120), f).await {
+        Ok(r) => r,
+        Err(_) => Err(fail("did not finish within 120 s")),
+    }
+}

@@ -1,0 +1,181 @@
+//! XenStore in a guest: `/dev/xen/xenbus` relayed to a Unix socket.
+//!
+//! In dom0 xenstored listens on a Unix socket; a guest reaches XenStore
+//! only through the kernel's `/dev/xen/xenbus` character device (each open
+//! is one connection: its own watches and transactions). xenstore-rs 0.8
+//! and the project's [`XsConn`](super::conn::XsConn) both speak xs_wire
+//! over a Unix stream socket only, so a guest process runs a small bridge:
+//! a listening socket in a private directory, and for every connection to
+//! it one fresh open of the device, relayed both ways. Point
+//! `XENSTORED_PATH` at [`XenbusBridge::path`] and every client (including
+//! [`XsClient`](super::XsClient)'s reconnects) works unchanged.
+//!
+//! ```text
+//!   XsClient --unix--> bridge task --write(one message)--> /dev/xen/xenbus
+//!            <--unix--             <--read(any bytes)----
+//! ```
+//!
+//! The device takes exactly one xs_wire message per `write()` (a write
+//! holding the start of a second message loses it), so the socket side is
+//! framed: header, then `len` payload bytes, written in one call. Replies
+//! are a byte stream and are copied as they come.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::codec::XENSTORE_PAYLOAD_MAX;
+
+/// Bytes of an xs_wire header.
+const XSD_HEADER_LEN: usize = 16;
+
+/// The guest's XenStore device.
+pub const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
+
+/// A Unix socket that relays every connection to its own open of
+/// `/dev/xen/xenbus`. Dropping it stops the relay and removes the socket.
+#[derive(Debug)]
+pub struct XenbusBridge {
+    dir: PathBuf,
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl XenbusBridge {
+    /// Opens `device` once to check it, and starts relaying connections to
+    /// a socket in a new private directory under the temp dir. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(device: &Path) -> std::io::Result<XenbusBridge> {
+        let device = device.to_path_buf();
+        drop(open_device(&device)?);
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xenring-xenbus-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("socket");
+        let listener = UnixListener::bind(&path)?;
+        let task = tokio::spawn(async move {
+            loop {
+                let sock = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "xenbus bridge: accept failed");
+                        continue;
+                    }
+                };
+                let device = device.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = relay(sock, &device).await {
+                        tracing::debug!(error = %e, "xenbus bridge connection ended");
+                    }
+                });
+            }
+        });
+        Ok(XenbusBridge { dir, path, task })
+    }
+
+    /// The socket to set as `XENSTORED_PATH`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for XenbusBridge {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn open_device(device: &Path) -> std::io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(device)
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening {} (XenStore in a guest): {e}", device.display()),
+            )
+        })?;
+    Ok(f.into())
+}
+
+async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
+    let fd = open_device(device)?;
+    // The device's poll() reports only readability (never POLLOUT), so only
+    // reads go through the reactor; a write is taken at once (the kernel
+    // queues the request and answers through the read side).
+    let wfd = fd.try_clone()?;
+    let afd = crate::shm::register_async_fd(fd, Interest::READABLE)?;
+    let (mut rd, mut wr) = sock.into_split();
+    let to_device = async {
+        let mut head = [0u8; XSD_HEADER_LEN];
+        loop {
+            match rd.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
+            if len > XENSTORE_PAYLOAD_MAX {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "xenbus bridge: a message of {len} bytes exceeds {XENSTORE_PAYLOAD_MAX}"
+                    ),
+                ));
+            }
+            let mut msg = Vec::with_capacity(XSD_HEADER_LEN + len);
+            msg.extend_from_slice(&head);
+            msg.resize(XSD_HEADER_LEN + len, 0);
+            rd.read_exact(&mut msg[XSD_HEADER_LEN..]).await?;
+            loop {
+                match rustix::io::write(&wfd, &msg) {
+                    Ok(n) if n == msg.len() => break,
+                    Ok(n) => {
+                        return Err(std::io::Error::other(format!(
+                            "{XENBUS_DEVICE} took {n} of {} bytes of one message",
+                            msg.len()
+                        )))
+                    }
+                    Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    };
+    let from_device = async {
+        let mut buf = vec![0u8; XSD_HEADER_LEN + XENSTORE_PAYLOAD_MAX];
+        loop {
+            let n = loop {
+                let mut g = afd.readable().await?;
+                match g.try_io(|fd| rustix::io::read(fd, &mut buf[..]).map_err(Into::into)) {
+                    Ok(r) => break r?,
+                    Err(_would_block) => continue,
+                }
+            };
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            wr.write_all(&buf[..n]).await?;
+        }
+    };
+    // Either side ending ends the connection (closing the device drops its
+    // watches and aborts its transactions, as xenstored does for a socket).
+    tokio::select! {
+        r = to_device => r,
+        r = from_device => r,
+    }
+}
