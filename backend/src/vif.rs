@@ -42,9 +42,10 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use tun_rs::{AsyncDevice, DeviceBuilder, Layer};
 use xenring::abi::netif::{
-    keys, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse, ETH_HLEN,
-    NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, NETRXF_DATA_VALIDATED, NETTXF_EXTRA_INFO,
-    NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_NR_SLOTS_MIN,
+    check_tap_name, keys, parse_mtu, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse, ETH_HLEN, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
+    NETRXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
+    XEN_NETIF_NR_SLOTS_MIN,
 };
 use xenring::platform::{CopyPtr, DomId, GnttabStatus, GrantCopy, LocalPages, Platform};
 use xenring::ring::{RingEndpoint, RingServer};
@@ -60,10 +61,7 @@ type TxRsp = NetifTxResponse<[u8; 4]>;
 type RxReq = NetifRxRequest<[u8; 8]>;
 type RxRsp = NetifRxResponse<[u8; 8]>;
 
-/// The default MTU.
-pub const DEFAULT_MTU: u16 = 1500;
-/// The largest MTU: a frame and its Ethernet header in one page.
-pub const MAX_MTU: u16 = (PAGE_SIZE - ETH_HLEN) as u16;
+pub use xenring::abi::netif::{DEFAULT_MTU, MAX_MTU};
 /// Tx requests taken (and answered) per batch; also the staging pages of
 /// the grant copies.
 const TX_BATCH: usize = 64;
@@ -167,29 +165,9 @@ impl TapConfig {
     /// there is no `tap` key. A clear error names a bad value.
     pub fn from_params(info: &DeviceInfo, default_name: String) -> Result<TapConfig, String> {
         let name = info.params.get("tap").cloned().unwrap_or(default_name);
-        if name.is_empty()
-            || name.len() > 15
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(format!(
-                "device {}: bad tap name {name:?} (1 to 15 of [A-Za-z0-9._-])",
-                info.id
-            ));
-        }
-        let mtu = match info.params.get("mtu") {
-            None => DEFAULT_MTU,
-            Some(v) => match v.parse::<u16>() {
-                Ok(m) if (68..=MAX_MTU).contains(&m) => m,
-                _ => {
-                    return Err(format!(
-                        "device {}: bad mtu {v:?} (68 to {MAX_MTU}: a frame must fit in a page)",
-                        info.id
-                    ))
-                }
-            },
-        };
+        let bad = |m: String| format!("device {}: {m}", info.id);
+        check_tap_name(&name).map_err(bad)?;
+        let mtu = parse_mtu(info.params.get("mtu").map(String::as_str)).map_err(bad)?;
         Ok(TapConfig { name, mtu })
     }
 

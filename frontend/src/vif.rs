@@ -38,8 +38,8 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tun_rs::{AsyncDevice, DeviceBuilder, Layer};
 use xenring::abi::netif::{
-    keys, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse, ETH_HLEN,
-    NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA,
+    check_tap_name, keys, parse_mtu, NetifRxRequest, NetifRxResponse, NetifTxRequest,
+    NetifTxResponse, ETH_HLEN, NETIF_RSP_OKAY, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA,
 };
 use xenring::platform::{Access, GrantRef, SharedPages};
 use xenring::ring::{AsyncRingError, RingClient};
@@ -57,10 +57,7 @@ type RxRsp = NetifRxResponse<[u8; 8]>;
 
 /// Slots of a one-page netif ring (and so tx buffers and receive slots).
 pub const RING_SLOTS: u16 = 256;
-/// The default MTU.
-pub const DEFAULT_MTU: u16 = 1500;
-/// The largest MTU: a frame and its Ethernet header in one page.
-pub const MAX_MTU: u16 = (PAGE_SIZE - ETH_HLEN) as u16;
+pub use xenring::abi::netif::{DEFAULT_MTU, MAX_MTU};
 
 /// Counters of every connection so far.
 #[derive(Debug, Default)]
@@ -152,27 +149,8 @@ impl VifConfig {
             .get("tap")
             .cloned()
             .unwrap_or_else(|| format!("xnet{}", id.devid));
-        if tap.is_empty()
-            || tap.len() > 15
-            || !tap
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        {
-            return Err(bad(format!(
-                "bad tap name {tap:?} (1 to 15 of [A-Za-z0-9._-])"
-            )));
-        }
-        let mtu = match info.params.get("mtu") {
-            None => DEFAULT_MTU,
-            Some(v) => match v.parse::<u16>() {
-                Ok(m) if (68..=MAX_MTU).contains(&m) => m,
-                _ => {
-                    return Err(bad(format!(
-                        "bad mtu {v:?} (68 to {MAX_MTU}: a frame must fit in a page)"
-                    )))
-                }
-            },
-        };
+        check_tap_name(&tap).map_err(bad)?;
+        let mtu = parse_mtu(info.params.get("mtu").map(String::as_str)).map_err(bad)?;
         let rx_mode = match info.params.get("rx-mode") {
             None => None,
             Some(v) => Some(v.parse::<RxMode>().map_err(bad)?),

@@ -124,6 +124,44 @@ pub mod keys {
 /// carries.
 pub const ETH_HLEN: usize = 14;
 
+/// The MTU of a vif device without an `mtu` key.
+pub const DEFAULT_MTU: u16 = 1500;
+/// The smallest MTU a vif device takes (IPv4's minimum).
+pub const MIN_MTU: u16 = 68;
+/// The largest MTU with one frame per slot: the frame and its Ethernet
+/// header in one page.
+pub const MAX_MTU: u16 = (4096 - ETH_HLEN) as u16;
+
+/// A vif device's `mtu` key (`None`: absent, the default), checked
+/// against [`MIN_MTU`]..=[`MAX_MTU`]; the error names the bad value.
+pub fn parse_mtu(value: Option<&str>) -> Result<u16, String> {
+    match value {
+        None => Ok(DEFAULT_MTU),
+        Some(v) => match v.parse::<u16>() {
+            Ok(m) if (MIN_MTU..=MAX_MTU).contains(&m) => Ok(m),
+            _ => Err(format!(
+                "bad mtu {v:?} ({MIN_MTU} to {MAX_MTU}: a frame must fit in a page)"
+            )),
+        },
+    }
+}
+
+/// Checks a TAP interface name from a vif device's `tap` key: 1 to 15
+/// bytes of `[A-Za-z0-9._-]` (Linux's IFNAMSIZ less the NUL, and nothing
+/// a shell or `ip` would trip on); the error names the bad value.
+pub fn check_tap_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("bad tap name {name:?} (1 to 15 of [A-Za-z0-9._-])"))
+    }
+}
+
 mod tx_req_field {
     use core::ops::Range;
     pub const GREF: Range<usize> = 0..4;
