@@ -308,6 +308,34 @@ impl System {
         self.spawn_with(Some(netns), "frontend", domid, extra)
     }
 
+    /// Writes the nodes of device `kind`/`fe`/`devid` (backend dom0) with
+    /// these backend and frontend keys, as the toolstack does.
+    async fn add_device(
+        &self,
+        kind: &str,
+        fe: u16,
+        devid: u32,
+        backend_params: &[(&str, &str)],
+        frontend_params: &[(&str, &str)],
+    ) -> anyhow::Result<DeviceId> {
+        let id = DeviceId {
+            kind: kind.into(),
+            frontend: fe,
+            backend: 0,
+            devid,
+        };
+        let own = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut spec = DeviceSpec::new(id.clone());
+        spec.backend_params = own(backend_params);
+        spec.frontend_params = own(frontend_params);
+        create_device(&self.xs, &spec).await?;
+        Ok(id)
+    }
+
     /// Adds vif (network) device `devid` of frontend domain `fe` (backend
     /// dom0) with extra backend keys (`tap`, `mtu`) and frontend keys
     /// (`tap`, `mtu`, `rx-mode`).
@@ -318,37 +346,15 @@ impl System {
         backend_params: &[(&str, &str)],
         frontend_params: &[(&str, &str)],
     ) -> anyhow::Result<DeviceId> {
-        let id = DeviceId {
-            kind: "vif".into(),
-            frontend: fe,
-            backend: 0,
-            devid,
-        };
-        let mut spec = DeviceSpec::new(id.clone());
-        let own = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        spec.backend_params = own(backend_params);
-        spec.frontend_params = own(frontend_params);
-        create_device(&self.xs, &spec).await?;
-        Ok(id)
+        self.add_device("vif", fe, devid, backend_params, frontend_params)
+            .await
     }
 
     /// Adds chan device `devid` of frontend domain `fe` (backend dom0)
     /// whose channels go to `target` (`unix:/path` or `tcp:host:port`).
     pub async fn add_chan(&self, fe: u16, devid: u32, target: &str) -> anyhow::Result<DeviceId> {
-        let id = DeviceId {
-            kind: "chan".into(),
-            frontend: fe,
-            backend: 0,
-            devid,
-        };
-        let mut spec = DeviceSpec::new(id.clone());
-        spec.backend_params.push(("target".into(), target.into()));
-        create_device(&self.xs, &spec).await?;
-        Ok(id)
+        self.add_device("chan", fe, devid, &[("target", target)], &[])
+            .await
     }
 
     /// Adds vbd device `devid` of frontend domain `fe` (backend dom0)
@@ -374,24 +380,16 @@ impl System {
         readonly: bool,
         frontend_keys: &[(&str, &str)],
     ) -> anyhow::Result<DeviceId> {
-        let id = DeviceId {
-            kind: "vbd".into(),
-            frontend: fe,
-            backend: 0,
+        let image = image.display().to_string();
+        let mode = if readonly { "r" } else { "w" };
+        self.add_device(
+            "vbd",
+            fe,
             devid,
-        };
-        let mut spec = DeviceSpec::new(id.clone());
-        spec.backend_params
-            .push(("params".into(), image.display().to_string()));
-        spec.backend_params
-            .push(("mode".into(), if readonly { "r" } else { "w" }.into()));
-        spec.frontend_params.extend(
-            frontend_keys
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
-        create_device(&self.xs, &spec).await?;
-        Ok(id)
+            &[("params", &image), ("mode", mode)],
+            frontend_keys,
+        )
+        .await
     }
 
     /// The NBD socket of vbd device `devid` in frontend domain `domid`.
