@@ -45,7 +45,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Events a watch queues for a slow consumer before coalescing.
     pub watch_queue: usize,
-    /// Most attempts of a transaction that keeps conflicting.
+    /// Most attempts of a transaction that keeps conflicting (with a
+    /// random pause between them that grows with each conflict, scaled by
+    /// how long an attempt took, up to a second).
     pub transaction_attempts: u32,
     /// Most transactions this client has open at once; more wait for one
     /// to end. Below C xenstored's default quota of 10 per domain, so that
@@ -59,7 +61,7 @@ impl Default for ClientOptions {
         ClientOptions {
             timeout: Duration::from_secs(5),
             watch_queue: 64,
-            transaction_attempts: 16,
+            transaction_attempts: 32,
             max_transactions: 8,
         }
     }

@@ -125,14 +125,21 @@ impl XsTxn {
     }
 }
 
-/// A random pause in `[0, min(1 ms * 2^attempt, 64 ms))`.
-fn backoff(attempt: u32) -> std::time::Duration {
+/// A random pause after the `attempt`th conflict, in `[0, window)`: the
+/// window is `unit * 2^attempt`, capped at `256 * unit` and at one second,
+/// where `unit` is how long the conflicting attempt took (at least 1 ms).
+/// Contenders spread over a window that grows with each conflict and with
+/// the server's speed, so that on a slow server (oxenstored under software
+/// emulation: tens of milliseconds per transaction) they still stop
+/// colliding within a few attempts.
+fn backoff(attempt: u32, took: std::time::Duration) -> std::time::Duration {
     use std::hash::{BuildHasher, Hasher};
-    let cap_us = 1000u64 << attempt.min(6);
+    let unit_us = (took.as_micros() as u64).max(1000);
+    let window_us = (unit_us << attempt.min(8)).min(1_000_000);
     // RandomState is seeded randomly per instance: a cheap source of jitter.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(attempt);
-    std::time::Duration::from_micros(h.finish() % cap_us)
+    std::time::Duration::from_micros(h.finish() % window_us)
 }
 
 impl XsClient {
@@ -170,8 +177,8 @@ impl XsClient {
     }
 
     /// Runs `body` in a transaction and commits, starting again from scratch
-    /// after a random, growing pause while the commit answers EAGAIN (up to
-    /// the configured attempts). An error from `body` aborts the transaction
+    /// after a random, growing pause (scaled by how long an attempt takes)
+    /// while the commit answers EAGAIN, up to the configured attempts. An error from `body` aborts the transaction
     /// and is returned.
     pub async fn transaction<T>(
         &self,
@@ -179,6 +186,7 @@ impl XsClient {
     ) -> Result<T, XsError> {
         let attempts = self.options().transaction_attempts;
         for attempt in 0..attempts {
+            let started = std::time::Instant::now();
             let tx = self.begin().await?;
             let value = match body(&tx).await {
                 Ok(v) => v,
@@ -192,11 +200,36 @@ impl XsClient {
                 Err(e) if e.errno() == Some(XsErrno::Eagain) => {
                     // Back off for a random time that grows with each
                     // conflict, so that contending writers stop colliding.
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(attempt, started.elapsed())).await;
                 }
                 Err(e) => return Err(e),
             }
         }
         Err(XsError::Conflict { attempts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn the_backoff_window_grows_with_conflicts_and_with_the_servers_speed() {
+        let max = |attempt, took| {
+            (0..200)
+                .map(|_| backoff(attempt, took))
+                .max()
+                .expect("200 samples")
+        };
+        // A fast server: windows of 1, 2, 4 ms ...
+        assert!(max(0, Duration::from_micros(50)) < Duration::from_millis(1));
+        assert!(max(3, Duration::from_micros(50)) < Duration::from_millis(8));
+        assert!(max(3, Duration::from_micros(50)) > Duration::from_millis(2));
+        // A slow one (40 ms per attempt): the window starts at 40 ms.
+        assert!(max(0, Duration::from_millis(40)) > Duration::from_millis(10));
+        // Capped at one second.
+        assert!(max(30, Duration::from_secs(3)) < Duration::from_secs(1));
+        assert!(max(30, Duration::from_secs(3)) > Duration::from_millis(500));
     }
 }

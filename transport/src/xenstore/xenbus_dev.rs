@@ -19,6 +19,17 @@
 //! holding the start of a second message loses it), so the socket side is
 //! framed: header, then `len` payload bytes, written in one call. Replies
 //! are a byte stream and are copied as they come.
+//!
+//! A `WATCH` or `UNWATCH` is written only when every earlier request on
+//! that open has had its reply read back. Linux (6.1) handles those two in
+//! `write()` itself: it holds the open's message-buffer lock while it waits
+//! for xenstored's answer, and its xenbus thread, which hands every reply
+//! to its open under the same lock, delivers replies in order. A reply
+//! owed to an earlier request on the same open then blocks the xenbus
+//! thread, which blocks the watch's answer: the writer, the kernel's
+//! xenbus thread and with it all of the guest's XenStore hang for good
+//! (seen on Xen 4.17 with a pipelined read before a watch; libxenstore
+//! never pipelines, so it never meets this).
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -29,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::codec::XENSTORE_PAYLOAD_MAX;
+use crate::abi::xs_wire::XsType;
 
 /// Bytes of an xs_wire header.
 const XSD_HEADER_LEN: usize = 16;
@@ -110,6 +122,51 @@ fn open_device(device: &Path) -> std::io::Result<OwnedFd> {
     Ok(f.into())
 }
 
+/// What one open of the device still owes: replies to requests written to
+/// it, counted by framing the bytes read back (watch events are not
+/// replies).
+#[derive(Debug, Default)]
+struct Owed {
+    /// Requests written whose reply has not been read back yet.
+    replies: usize,
+    /// The start of a message read only in part.
+    partial: Vec<u8>,
+}
+
+impl Owed {
+    /// A request of type `ty` may be written now: anything but a watch or
+    /// an unwatch, and those only when no reply is owed (module docs).
+    fn may_write(&self, ty: u32) -> bool {
+        let synchronous = ty == XsType::Watch as u32 || ty == XsType::Unwatch as u32;
+        !synchronous || self.replies == 0
+    }
+
+    /// A request was written.
+    fn sent(&mut self) {
+        self.replies += 1;
+    }
+
+    /// `bytes` were read from the device; the replies they complete are
+    /// no longer owed.
+    fn received(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        let mut at = 0;
+        while self.partial.len() - at >= XSD_HEADER_LEN {
+            let head = &self.partial[at..at + XSD_HEADER_LEN];
+            let ty = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+            let len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
+            if self.partial.len() - at < XSD_HEADER_LEN + len {
+                break;
+            }
+            if ty != XsType::WatchEvent as u32 {
+                self.replies = self.replies.saturating_sub(1);
+            }
+            at += XSD_HEADER_LEN + len;
+        }
+        self.partial.drain(..at);
+    }
+}
+
 async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
     let fd = open_device(device)?;
     // The device's poll() reports only readability (never POLLOUT), so only
@@ -118,6 +175,11 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
     let wfd = fd.try_clone()?;
     let afd = crate::shm::register_async_fd(fd, Interest::READABLE)?;
     let (mut rd, mut wr) = sock.into_split();
+    // Both directions run in this one task; the lock is never held across
+    // an await, and the Notify's stored permit means no wake-up is lost.
+    let owed = std::sync::Mutex::new(Owed::default());
+    let owed = || owed.lock().unwrap_or_else(|e| e.into_inner());
+    let reply_read = tokio::sync::Notify::new();
     let to_device = async {
         let mut head = [0u8; XSD_HEADER_LEN];
         loop {
@@ -139,6 +201,11 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
             msg.extend_from_slice(&head);
             msg.resize(XSD_HEADER_LEN + len, 0);
             rd.read_exact(&mut msg[XSD_HEADER_LEN..]).await?;
+            let ty = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+            while !owed().may_write(ty) {
+                reply_read.notified().await;
+            }
+            owed().sent();
             loop {
                 match rustix::io::write(&wfd, &msg) {
                     Ok(n) if n == msg.len() => break,
@@ -169,6 +236,8 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }
+            owed().received(&buf[..n]);
+            reply_read.notify_one();
             wr.write_all(&buf[..n]).await?;
         }
     };
@@ -177,5 +246,43 @@ async fn relay(sock: UnixStream, device: &Path) -> std::io::Result<()> {
     tokio::select! {
         r = to_device => r,
         r = from_device => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ty: XsType, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for w in [ty as u32, 7, 0, payload.len() as u32] {
+            m.extend_from_slice(&w.to_le_bytes());
+        }
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn a_watch_waits_for_every_earlier_reply_and_events_are_not_replies() {
+        let mut o = Owed::default();
+        assert!(o.may_write(XsType::Watch as u32));
+        o.sent(); // a READ
+        o.sent(); // a WRITE
+        assert!(o.may_write(XsType::Read as u32));
+        assert!(!o.may_write(XsType::Watch as u32));
+        assert!(!o.may_write(XsType::Unwatch as u32));
+        // The READ's reply and a watch event, split across reads.
+        let mut bytes = msg(XsType::Read, b"value");
+        bytes.extend(msg(XsType::WatchEvent, b"/a\0tok\0"));
+        let (a, b) = bytes.split_at(19);
+        o.received(a);
+        assert_eq!(o.replies, 2, "half a reply is not a reply");
+        o.received(b);
+        assert_eq!(o.replies, 1, "the event did not count as a reply");
+        assert!(!o.may_write(XsType::Watch as u32));
+        o.received(&msg(XsType::Write, b"OK\0"));
+        assert_eq!(o.replies, 0);
+        assert!(o.partial.is_empty());
+        assert!(o.may_write(XsType::Watch as u32));
     }
 }

@@ -376,9 +376,7 @@ where
         let mut off = 0;
         while off < n {
             let len = (n - off).min(buf.len());
-            for (k, b) in buf[..len].iter_mut().enumerate() {
-                *b = byte(off + k, salt);
-            }
+            fill_stream(&mut buf[..len], off, salt);
             w.write_all(&buf[..len])
                 .await
                 .map_err(|e| fail(format!("write: {e}")))?;
@@ -390,6 +388,7 @@ where
     let reader = async move {
         let mut buf = vec![0u8; 64 << 10];
         let mut off = 0;
+        let want = 3 - salt;
         while off < n {
             let got = r
                 .read(&mut buf)
@@ -398,14 +397,30 @@ where
             if got == 0 {
                 return Err(fail(format!("end of stream after {off} of {n} bytes")));
             }
-            for (k, b) in buf[..got].iter().enumerate() {
-                if *b != byte(off + k, 3 - salt) {
-                    return Err(fail(format!(
-                        "byte {} of {n} is {b:#04x}, expected {:#04x} (read of {got} at {off})",
-                        off + k,
-                        byte(off + k, 3 - salt)
-                    )));
+            if let Some(k) = (0..got).find(|&k| buf[k] != stream_byte(off + k, want)) {
+                let first = describe_wrong(&buf[..got], off, k, want, salt);
+                // Read on a little to see how far the damage goes.
+                let mut runs = wrong_runs(&buf[..got], off, want);
+                let mut more = off + got;
+                let stop = (more + (1 << 20)).min(n);
+                while more < stop && runs.len() < 16 {
+                    let Ok(Ok(g)) =
+                        tokio::time::timeout(Duration::from_secs(2), r.read(&mut buf)).await
+                    else {
+                        break;
+                    };
+                    if g == 0 {
+                        break;
+                    }
+                    runs.extend(wrong_runs(&buf[..g], more, want));
+                    more += g;
                 }
+                return Err(fail(format!(
+                    "byte {} of {n} is wrong (read of {got} at {off}): {first}; \
+                     wrong runs (start+len) in the next {} bytes: {runs:?}",
+                    off + k,
+                    more - off
+                )));
             }
             off += got;
         }
@@ -415,6 +430,105 @@ where
     r?;
     drop(w?);
     Ok(())
+}
+
+/// The stream pattern: every 8-byte word at stream offset `8w` holds an
+/// invertible mix of `w` xor a mask of the side's salt (little-endian), so
+/// no byte repeats with a short period and a misplaced word says where (and
+/// from which side) it came from.
+const PATTERN_K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const PATTERN_K2: u64 = 0xbf58_476d_1ce4_e5b9;
+
+fn salt_mask(salt: u8) -> u64 {
+    u64::from(salt) * 0x0101_0101_0101_0101
+}
+
+fn stream_word(w: u64, salt: u8) -> u64 {
+    let x = w.wrapping_mul(PATTERN_K1);
+    (x ^ x >> 32).wrapping_mul(PATTERN_K2) ^ salt_mask(salt)
+}
+
+/// The inverse of an odd number mod 2^64 (Newton's iteration).
+fn inverse(k: u64) -> u64 {
+    let mut inv = k;
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(k.wrapping_mul(inv)));
+    }
+    inv
+}
+
+/// The word index a pattern word of `salt` encodes (`stream_word`'s inverse).
+fn decode_word(v: u64, salt: u8) -> u64 {
+    let x = (v ^ salt_mask(salt)).wrapping_mul(inverse(PATTERN_K2));
+    (x ^ x >> 32).wrapping_mul(inverse(PATTERN_K1))
+}
+
+fn stream_byte(i: usize, salt: u8) -> u8 {
+    stream_word((i / 8) as u64, salt).to_le_bytes()[i % 8]
+}
+
+fn fill_stream(buf: &mut [u8], off: usize, salt: u8) {
+    for (k, b) in buf.iter_mut().enumerate() {
+        *b = stream_byte(off + k, salt);
+    }
+}
+
+/// Runs of wrong bytes in `buf` (stream offset `off`), as (start, len);
+/// right bytes between wrong ones closer than 16 bytes (a chance match)
+/// do not split a run.
+fn wrong_runs(buf: &[u8], off: usize, salt: u8) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (k, b) in buf.iter().enumerate() {
+        if *b != stream_byte(off + k, salt) {
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l + 16 > off + k => *l = off + k + 1 - *s,
+                _ => runs.push((off + k, 1)),
+            }
+        }
+    }
+    runs
+}
+
+/// What the wrong bytes at `buf[k]` look like: hex around them and, for
+/// each alignment, which stream word of which side they would be.
+fn describe_wrong(buf: &[u8], off: usize, k: usize, want: u8, mine: u8) -> String {
+    let lo = k.saturating_sub(8);
+    let hi = (k + 24).min(buf.len());
+    let hex: Vec<String> = buf[lo..hi].iter().map(|b| format!("{b:02x}")).collect();
+    let mut guesses = Vec::new();
+    for shift in 0..8 {
+        let at = k + shift;
+        if at + 8 > buf.len() {
+            break;
+        }
+        let v = u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        if v == 0 {
+            guesses.push(format!("@{}: zeros", off + at));
+            break;
+        }
+        for (who, salt) in [("peer's", want), ("our own", mine)] {
+            let w = decode_word(v, salt);
+            let src = w.wrapping_mul(8) as usize;
+            if src < (1usize << 40) {
+                guesses.push(format!(
+                    "@{}: {who} stream byte {src} (offset {:+})",
+                    off + at,
+                    src as i64 - (off + at) as i64
+                ));
+            }
+        }
+    }
+    format!(
+        "bytes {}..{}: {}; decoded: {}",
+        off + lo,
+        off + hi,
+        hex.join(""),
+        if guesses.is_empty() {
+            "no pattern word".to_string()
+        } else {
+            guesses.join(", ")
+        }
+    )
 }
 
 /// Runs every scenario, printing `PASS name: what` or `FAIL name: why`;
@@ -443,5 +557,39 @@ async fn timed<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
     match tokio::time::timeout(Duration::from_secs(120), f).await {
         Ok(r) => r,
         Err(_) => Err(fail("did not finish within 120 s")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misplaced_pattern_word_names_its_origin() {
+        for w in [0u64, 1, 7, 1 << 20, u64::from(u32::MAX)] {
+            for salt in [1u8, 2] {
+                assert_eq!(decode_word(stream_word(w, salt), salt), w);
+            }
+        }
+        // 64 bytes of side 1's stream from offset 4096, but the reader
+        // (side 2 reading side 1) expected offset 8192 there.
+        let mut buf = vec![0u8; 64];
+        fill_stream(&mut buf, 4096, 1);
+        let d = describe_wrong(&buf, 8192, 0, 1, 2);
+        assert!(d.contains("peer's stream byte 4096 (offset -4096)"), "{d}");
+        assert_eq!(wrong_runs(&buf, 8192, 1).len(), 1);
+        // The reader's own bytes.
+        fill_stream(&mut buf, 8192, 2);
+        let d = describe_wrong(&buf, 8192, 0, 1, 2);
+        assert!(d.contains("our own stream byte 8192 (offset +0)"), "{d}");
+        buf.fill(0);
+        assert!(describe_wrong(&buf, 8192, 0, 1, 2).contains("zeros"));
+        fill_stream(&mut buf, 8192, 1);
+        assert!(wrong_runs(&buf, 8192, 1).is_empty());
+        // The same bytes as xen-c-bench.c's pat() (its C side).
+        let hex: String = (8000..8016)
+            .map(|i| format!("{:02x}", stream_byte(i, 1)))
+            .collect();
+        assert_eq!(hex, "c8face67f9e0ce1416fd626ae3889e0d");
     }
 }
