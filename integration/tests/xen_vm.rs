@@ -9,10 +9,9 @@
 //! lines of the checks. Missing tools (qemu-system-x86_64, debootstrap) or
 //! no root make every test FAIL with the harness's message, never skip.
 //!
-//! Not yet in CI (issue 8 is open): every test here is `#[ignore]`d with
-//! the reason, so `cargo test` lists them as ignored; run them with
-//! `cargo test -p xenring-integration --test xen_vm -- --include-ignored`
-//! (and `XENRING_VM_STREAMS=1` for the cross-domain stream steps).
+//! They run in CI (`.ci/run` installs qemu-system-x86, debootstrap and
+//! e2fsprogs); alone: `cargo test -p xenring-integration --test xen_vm`
+//! (root).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -109,7 +108,6 @@ fn assert_step(name: &str, passes: &[&str]) {
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn the_platform_scenarios_pass_in_dom0_talking_to_itself() {
     assert_step(
         "platform",
@@ -127,19 +125,16 @@ fn the_platform_scenarios_pass_in_dom0_talking_to_itself() {
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn the_xenstore_client_tests_pass_against_c_xenstored() {
     assert_step("xs_client_xenstored", &[]);
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn the_xenstore_client_tests_pass_against_oxenstored() {
     assert_step("xs_client_oxenstored", &[]);
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn our_vchan_talks_to_libxenvchan_both_ways() {
     assert_step(
         "vchan_interop",
@@ -151,15 +146,12 @@ fn our_vchan_talks_to_libxenvchan_both_ways() {
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn libxenvchan_against_itself_across_domains_is_sound() {
     // The reference: Xen's own library between dom0 and the domU.
     assert_step("c_vchan_domu", &["c-verify"]);
 }
 
 #[test]
-#[ignore = "open problem: cross-domain streams carry wrong bytes on the VM (README 'Real Xen'); \
-            run with XENRING_VM_STREAMS=1 and --ignored"]
 fn our_vchan_moves_verified_bytes_between_dom0_and_the_domu() {
     assert_step(
         "vchan_domu",
@@ -171,8 +163,6 @@ fn our_vchan_moves_verified_bytes_between_dom0_and_the_domu() {
 }
 
 #[test]
-#[ignore = "open problem: cross-domain streams carry wrong bytes on the VM (README 'Real Xen'); \
-            run with XENRING_VM_STREAMS=1 and --ignored"]
 fn a_chan_device_moves_64_mib_between_dom0_backend_and_domu_frontend() {
     assert_step(
         "chan",
@@ -182,7 +172,6 @@ fn a_chan_device_moves_64_mib_between_dom0_backend_and_domu_frontend() {
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn the_benchmark_runs_between_dom0_and_the_domu() {
     assert_step("bench", &["bench/dom0"]);
     assert_step("bench_c", &[]);
@@ -204,7 +193,6 @@ fn the_benchmark_runs_between_dom0_and_the_domu() {
 }
 
 #[test]
-#[ignore = "issue 8 open: the VM run is not yet reliable (cross-domain stream corruption, flaky contended transactions and domU event counts); run with --include-ignored (root, qemu-system-x86, debootstrap)"]
 fn both_boots_ended_cleanly() {
     let r = run();
     for boot in ["xenstored", "oxenstored"] {

@@ -20,12 +20,6 @@ BENCH_BYTES=${BENCH_BYTES:-33554432}
 BENCH_ROUNDS=${BENCH_ROUNDS:-200}
 VERIFY_BYTES=${VERIFY_BYTES:-8388608}
 export RUST_LOG=${RUST_LOG:-info} NO_COLOR=1
-# CROSS_DOMAIN_STREAMS=1 (written by run-vm-tests.sh from XENRING_VM_STREAMS)
-# runs the cross-domain stream steps, an open problem (README "Real Xen").
-[ -f ./vm-options ] && . ./vm-options
-CROSS_DOMAIN_STREAMS=${CROSS_DOMAIN_STREAMS:-0}
-STREAMS_FLAG=
-[ "$CROSS_DOMAIN_STREAMS" = 1 ] && STREAMS_FLAG=--streams
 
 # 1. dom0 alone
 step platform $T platform
@@ -39,7 +33,7 @@ cat > /tmp/extra/job <<JOB
 #!/bin/sh
 mkdir -p /tmp/chan
 /xen-c-bench verify-server 0 $VERIFY_BYTES 16 || echo "FAIL c-verify server"
-/xenring-xentest domu $STREAMS_FLAG --bench-bytes $BENCH_BYTES --rounds $BENCH_ROUNDS
+/xenring-xentest domu --streams --bench-bytes $BENCH_BYTES --rounds $BENCH_ROUNDS
 /xen-c-bench server 0 $BENCH_BYTES 16 $BENCH_ROUNDS || echo "FAIL c-bench server"
 JOB
 chmod +x /tmp/extra/job /tmp/extra/xenring-xentest /tmp/extra/xen-c-bench
@@ -61,14 +55,10 @@ if xl create -q /tmp/domu.cfg; then
   echo "domU domid=$DOMID"
   # libxenvchan against itself across domains (the reference), then ours
   step c_vchan_domu /tmp/bin/xen-c-bench verify-client "$DOMID" "$VERIFY_BYTES"
-  if [ "$CROSS_DOMAIN_STREAMS" = 1 ]; then
-    step vchan_domu $T vchan-dom0 --domu "$DOMID" --bytes "$VERIFY_BYTES"
-    step chan $T chan-dom0 --domu "$DOMID" --timeout 300
-    [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
-                       echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }
-  else
-    echo "SKIP vchan_domu, chan: cross-domain streams are an open problem (README 'Real Xen'); XENRING_VM_STREAMS=1 runs them"
-  fi
+  step vchan_domu $T vchan-dom0 --domu "$DOMID" --bytes "$VERIFY_BYTES"
+  step chan $T chan-dom0 --domu "$DOMID" --timeout 300
+  [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
+                     echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }
   step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
   step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   # HOOK(vbd, issue 6): when the vbd device lands, add its dom0 side here

@@ -72,13 +72,9 @@ fi
 if [ "$what" = all ] || [ "$what" = boot ]; then
   rc=0
   echo "=== MACHINE host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; VM: QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') TCG, Xen under software emulation"
-  # The cross-domain stream steps (vchan_domu, chan) carry wrong bytes on
-  # this VM (an open problem, README "Real Xen"): they run only when asked,
-  # XENRING_VM_STREAMS=1, so that the rest is checked in CI meanwhile.
-  echo "CROSS_DOMAIN_STREAMS=${XENRING_VM_STREAMS:-0}" > "$BIN/vm-options"
   echo "=== BOOT xenstored"
   XENSTORED=xenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-xenstored.log \
-    "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -f "$BIN/xen-c-bench" -f "$BIN/vm-options" -s "$HERE/dom0-job.sh"
+    "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -f "$BIN/xen-c-bench" -s "$HERE/dom0-job.sh"
   r=$?; echo "=== BOOT xenstored rc=$r"; [ $r = 0 ] || rc=1
   echo "=== BOOT oxenstored"
   XENSTORED=oxenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-oxenstored.log \
