@@ -172,6 +172,12 @@ fn a_chan_device_moves_64_mib_between_dom0_backend_and_domu_frontend() {
 }
 
 #[test]
+fn a_vbd_device_serves_the_domu_a_disk_checked_through_nbd_and_in_the_file() {
+    assert_step("vbd", &["vbd/dom0_backend_domU_frontend", "vbd/teardown"]);
+    assert_step("domu_agent", &["vbd/domU"]);
+}
+
+#[test]
 fn the_benchmark_runs_between_dom0_and_the_domu() {
     assert_step("bench", &["bench/dom0"]);
     assert_step("bench_c", &[]);

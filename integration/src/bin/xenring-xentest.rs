@@ -121,7 +121,7 @@ enum Cmd {
         #[arg(long, default_value_t = 2000)]
         rounds: u32,
     },
-    /// dom0: the vbd device check (issue 6's hook, see the source).
+    /// dom0: the vbd device check (backend daemon here, NBD checks in the domU).
     VbdDom0 {
         /// The frontend domain.
         #[arg(long)]
@@ -425,6 +425,14 @@ async fn domu_streams(xs: &XsClient, me: DomId, chan_bytes: u64) -> anyhow::Resu
     };
     xs.write(CHAN_RESULT, &line).await?;
     fails += verdict("chan/domU", r);
+    // 2. vbd: the frontend daemon's NBD export, written and read back.
+    let r = domu_vbd(xs).await;
+    let line = match &r {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => format!("fail {e:#}"),
+    };
+    xs.write(VBD_RESULT, &line).await?;
+    fails += verdict("vbd/domU", r);
     Ok(fails)
 }
 
@@ -866,20 +874,203 @@ async fn exchange(
 
 // ------------------------------------------------------------------- vbd
 
-/// HOOK for the vbd device (issue 6, built on another branch): a dom0
-/// backend serving a file-backed `vbd` device to the domU, checked from
-/// the domU (qemu-io patterns through the frontend's NBD export, or a
-/// built-in checker). Until that branch lands this reports FAIL, so the
-/// missing check is visible, never silently skipped. Note for whoever
-/// fills it in: dom0's `xen-test-init` loads the kernel's `xen-blkback`,
-/// which would claim `backend/vbd` nodes too; do not load it (or use a
-/// backend path the kernel does not watch) when the user-space backend
-/// serves vbd.
-async fn vbd_dom0(domu: DomId) -> anyhow::Result<usize> {
-    Ok(verdict(
-        "vbd/dom0_backend_domU_frontend",
-        Err(anyhow!(
-            "not built yet: the vbd device is issue 6 (domain {domu}); fill in vbd_dom0"
-        )),
+/// Where the domU agent leaves the vbd check's verdict (relative to its home).
+const VBD_RESULT: &str = "data/xentest/vbd";
+/// The vbd's device id (xvda's, as `xl` would number it).
+const VBD_DEVID: u32 = 51712;
+/// The disk's size.
+const VBD_BYTES: u64 = 64 << 20;
+/// The regions the domU writes through NBD and dom0 then finds in the
+/// image file: (offset, length), unaligned and aligned, small and large
+/// (several indirect requests), at the disk's start and end.
+const VBD_REGIONS: [(u64, usize); 8] = [
+    (0, 512),
+    (3 * 4096 + 17, 3),
+    (8191, 2),
+    ((1 << 20) + 100, 70_000),
+    (5 << 20, 1 << 20),
+    ((9 << 20) + 4095, (3 << 20) + 2),
+    (VBD_BYTES - 5000, 5000),
+    ((33 << 20) - 5, 4096),
+];
+/// Untouched: zeros in the image file and through NBD.
+const VBD_UNTOUCHED: (u64, usize) = (40 << 20, 1 << 20);
+
+/// The byte at disk offset `pos` of the written regions (not periodic
+/// within a region, so a misplaced sector shows).
+fn vbd_byte(pos: u64) -> u8 {
+    let x = (pos / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x >> (8 * (pos % 8))) as u8 ^ (x >> 59) as u8
+}
+
+fn vbd_region(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| vbd_byte(offset + i)).collect()
+}
+
+/// The domU's side of the vbd check: the frontend daemon exports the disk
+/// dom0's backend serves as `vbd-<devid>.sock`; the regions are written,
+/// flushed, read back and compared, and an untouched range reads zeros.
+async fn domu_vbd(xs: &XsClient) -> anyhow::Result<String> {
+    use xenring_frontend::nbd::NbdClient;
+    let dir = PathBuf::from("/tmp/vbd");
+    std::fs::create_dir_all(&dir)?;
+    let log = PathBuf::from("/tmp/xenring-frontend-vbd.log");
+    let fe = Kid::spawn(
+        "frontend",
+        &["--platform", "xen", "--socket-dir", "/tmp/vbd"],
+        &log,
+    )?;
+    let _ = xs.write(CHAN_NOTE, "vbd frontend started").await;
+    let sock = dir.join(format!("vbd-{VBD_DEVID}.sock"));
+    let t = Instant::now();
+    let c = loop {
+        if sock.exists() {
+            if let Ok(c) = NbdClient::connect_unix(&sock).await {
+                break c;
+            }
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "no NBD export at {} within 300 s; frontend log:\n{}",
+                sock.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if c.size() != VBD_BYTES {
+        bail!("the export is {} bytes, the disk {VBD_BYTES}", c.size());
+    }
+    let t = Instant::now();
+    let check = async {
+        for (off, len) in VBD_REGIONS {
+            c.write(off, &vbd_region(off, len), false)
+                .await
+                .with_context(|| format!("writing {len} bytes at {off}"))?;
+        }
+        c.flush().await.context("flush")?;
+        for (off, len) in VBD_REGIONS {
+            let got = c
+                .read(off, len as u32)
+                .await
+                .with_context(|| format!("reading {len} bytes at {off}"))?;
+            if let Some(k) = (0..len).find(|&k| got[k] != vbd_byte(off + k as u64)) {
+                bail!(
+                    "byte {} read back wrong (region {off}+{len})",
+                    off + k as u64
+                );
+            }
+        }
+        let (off, len) = VBD_UNTOUCHED;
+        let got = c
+            .read(off, len as u32)
+            .await
+            .context("reading the untouched range")?;
+        if let Some(k) = got.iter().position(|b| *b != 0) {
+            bail!("untouched byte {} is not zero", off + k as u64);
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(240), check)
+        .await
+        .map_err(|_| anyhow!("the vbd check stalled: not done within 240 s"))??;
+    let secs = t.elapsed().as_secs_f64();
+    c.disconnect().await?;
+    let st = fe.stop(Duration::from_secs(20))?;
+    if !st.success() {
+        bail!(
+            "frontend exited {st}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let bytes: usize = VBD_REGIONS.iter().map(|r| r.1).sum();
+    Ok(format!(
+        "{} regions ({bytes} bytes, 3 B to 3 MiB, unaligned) written through NBD, \
+         flushed and read back equal, untouched range zero, {secs:.2} s; frontend exited 0",
+        VBD_REGIONS.len()
     ))
+}
+
+/// dom0's side of the vbd check: a 64 MiB raw image served by the backend
+/// daemon (`--platform xen`) as vbd `VBD_DEVID` of the domU; after the
+/// domU's verdict the image file itself must hold the regions it wrote.
+/// dom0-job.sh unloads the kernel's xen-blkback first, which would claim
+/// `backend/vbd` too.
+async fn vbd_dom0(domu: DomId) -> anyhow::Result<usize> {
+    let (xs, _b) = xenstore().await?;
+    let image = PathBuf::from("/tmp/xentest-vbd.img");
+    std::fs::File::create(&image)?.set_len(VBD_BYTES)?;
+    let log = PathBuf::from("/tmp/xenring-backend-vbd.log");
+    let backend = Kid::spawn("backend", &["--platform", "xen"], &log)?;
+    let id = DeviceId {
+        kind: "vbd".into(),
+        frontend: domu,
+        backend: 0,
+        devid: VBD_DEVID,
+    };
+    let mut spec = DeviceSpec::new(id.clone());
+    spec.backend_params
+        .push(("params".into(), image.display().to_string()));
+    spec.backend_params.push(("mode".into(), "w".into()));
+    create_device(&xs, &spec).await?;
+    println!(
+        "vbd: device {id} created ({}), waiting for domain {domu}'s verdict",
+        image.display()
+    );
+    let key = format!("/local/domain/{domu}/{VBD_RESULT}");
+    let r = match wait_key(&xs, &key, Duration::from_secs(420)).await {
+        Ok(v) if v.starts_with("ok") => {
+            // The bytes must be in the file, where the domU cannot look.
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(&image)?;
+            let mut bad = None;
+            for (off, len) in VBD_REGIONS {
+                let mut got = vec![0u8; len];
+                f.read_exact_at(&mut got, off)?;
+                if got != vbd_region(off, len) {
+                    bad = Some(format!("region {off}+{len} differs in the image file"));
+                    break;
+                }
+            }
+            let (off, len) = VBD_UNTOUCHED;
+            let mut got = vec![0u8; len];
+            f.read_exact_at(&mut got, off)?;
+            if bad.is_none() && got.iter().any(|b| *b != 0) {
+                bad = Some("the untouched range is not zero in the image file".into());
+            }
+            match bad {
+                None => Ok(format!(
+                    "domU {domu}: {v}; the image file holds every region"
+                )),
+                Some(b) => Err(anyhow!("domU {domu} said {v}, but {b}")),
+            }
+        }
+        Ok(v) => Err(anyhow!("domU {domu}: {v}")),
+        Err(e) => Err(e),
+    };
+    let rm = remove_device(
+        &xs,
+        &id,
+        RemoveOptions {
+            timeout: Duration::from_secs(30),
+            force: false,
+        },
+    )
+    .await;
+    let st = backend.stop(Duration::from_secs(20));
+    let mut fails = verdict("vbd/dom0_backend_domU_frontend", r);
+    fails += verdict(
+        "vbd/teardown",
+        match (rm, st) {
+            (Ok(()), Ok(s)) if s.success() => Ok("device removed, backend exited 0".into()),
+            (rm, st) => Err(anyhow!("remove: {rm:?}, backend: {st:?}")),
+        },
+    );
+    if fails > 0 {
+        println!(
+            "--- backend log\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    Ok(fails)
 }
