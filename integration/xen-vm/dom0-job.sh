@@ -59,13 +59,13 @@ if xl create -q /tmp/domu.cfg; then
   step chan $T chan-dom0 --domu "$DOMID" --timeout 300
   [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
                      echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }
-  step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
-  step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   # vbd: our backend daemon serves a 64 MiB image to the domU's frontend,
   # checked through its NBD export there and in the file here. The kernel's
   # xen-blkback would claim backend/vbd nodes too: unload it first.
   rmmod xen_blkback 2>/dev/null
   step vbd $T vbd-dom0 --domu "$DOMID"
+  step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
+  step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   # The agent's verdict, through XenStore (read before the domain goes).
   agent=
   for i in $(seq 1 120); do
