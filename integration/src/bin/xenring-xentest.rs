@@ -307,9 +307,33 @@ async fn chan_dom0(domu: DomId, timeout: Duration) -> anyhow::Result<usize> {
         Ok(v) => Err(anyhow!("domU {domu}: {v}")),
         Err(e) => Err(e),
     };
-    let rm = remove_device(
+    let fails = finish_device(
         &xs,
         &id,
+        backend,
+        &log,
+        "chan/64MiB_dom0_backend_domU_frontend",
+        verdict_r,
+    )
+    .await;
+    echo.abort();
+    Ok(fails)
+}
+
+/// The end of a dom0 device check: removes device `id`, stops the backend
+/// daemon, reports the check as `name` and the teardown as
+/// `<kind>/teardown`, and prints the backend's log if either failed.
+async fn finish_device(
+    xs: &XsClient,
+    id: &DeviceId,
+    backend: Kid,
+    log: &Path,
+    name: &str,
+    check: anyhow::Result<String>,
+) -> usize {
+    let rm = remove_device(
+        xs,
+        id,
         RemoveOptions {
             timeout: Duration::from_secs(30),
             force: false,
@@ -317,10 +341,9 @@ async fn chan_dom0(domu: DomId, timeout: Duration) -> anyhow::Result<usize> {
     )
     .await;
     let st = backend.stop(Duration::from_secs(20));
-    echo.abort();
-    let mut fails = verdict("chan/64MiB_dom0_backend_domU_frontend", verdict_r);
+    let mut fails = verdict(name, check);
     fails += verdict(
-        "chan/teardown",
+        &format!("{}/teardown", id.kind),
         match (rm, st) {
             (Ok(()), Ok(s)) if s.success() => Ok("device removed, backend exited 0".into()),
             (rm, st) => Err(anyhow!("remove: {rm:?}, backend: {st:?}")),
@@ -329,10 +352,10 @@ async fn chan_dom0(domu: DomId, timeout: Duration) -> anyhow::Result<usize> {
     if fails > 0 {
         println!(
             "--- backend log\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
     }
-    Ok(fails)
+    fails
 }
 
 async fn wait_key(xs: &XsClient, key: &str, timeout: Duration) -> anyhow::Result<String> {
@@ -1048,29 +1071,5 @@ async fn vbd_dom0(domu: DomId) -> anyhow::Result<usize> {
         Ok(v) => Err(anyhow!("domU {domu}: {v}")),
         Err(e) => Err(e),
     };
-    let rm = remove_device(
-        &xs,
-        &id,
-        RemoveOptions {
-            timeout: Duration::from_secs(30),
-            force: false,
-        },
-    )
-    .await;
-    let st = backend.stop(Duration::from_secs(20));
-    let mut fails = verdict("vbd/dom0_backend_domU_frontend", r);
-    fails += verdict(
-        "vbd/teardown",
-        match (rm, st) {
-            (Ok(()), Ok(s)) if s.success() => Ok("device removed, backend exited 0".into()),
-            (rm, st) => Err(anyhow!("remove: {rm:?}, backend: {st:?}")),
-        },
-    );
-    if fails > 0 {
-        println!(
-            "--- backend log\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-    Ok(fails)
+    Ok(finish_device(&xs, &id, backend, &log, "vbd/dom0_backend_domU_frontend", r).await)
 }
