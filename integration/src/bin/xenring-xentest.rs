@@ -402,6 +402,15 @@ async fn domu_agent(
     Ok(fails)
 }
 
+/// A check's outcome as the domU leaves it in XenStore for dom0:
+/// `ok <what>` or `fail <why>`.
+fn outcome_line(r: &anyhow::Result<String>) -> String {
+    match r {
+        Ok(s) => format!("ok {s}"),
+        Err(e) => format!("fail {e:#}"),
+    }
+}
+
 /// Where the domU agent leaves its verdict (relative to its home).
 const AGENT_RESULT: &str = "data/xentest/agent";
 
@@ -442,18 +451,12 @@ async fn domu_streams(xs: &XsClient, me: DomId, chan_bytes: u64) -> anyhow::Resu
             println!("{l}");
         }
     }
-    let line = match &r {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e:#}"),
-    };
+    let line = outcome_line(&r);
     xs.write(CHAN_RESULT, &line).await?;
     fails += verdict("chan/domU", r);
     // 2. vbd: the frontend daemon's NBD export, written and read back.
     let r = domu_vbd(xs).await;
-    let line = match &r {
-        Ok(s) => format!("ok {s}"),
-        Err(e) => format!("fail {e:#}"),
-    };
+    let line = outcome_line(&r);
     xs.write(VBD_RESULT, &line).await?;
     fails += verdict("vbd/domU", r);
     Ok(fails)
@@ -788,10 +791,6 @@ async fn vchan_interop(proxy: &Path, bytes: usize) -> anyhow::Result<usize> {
     Ok(fails)
 }
 
-fn pat(i: usize, salt: u8) -> u8 {
-    ((i.wrapping_mul(131) >> 3) as u8) ^ salt
-}
-
 /// `bytes` from us through the vchan out of the proxy's stdout, and
 /// `bytes` into its stdin through the vchan to us, concurrently, checked;
 /// then stdin closes and the proxy must exit 0 with our side seeing the
@@ -810,9 +809,7 @@ async fn exchange(
         let mut off = 0;
         while off < bytes {
             let n = (bytes - off).min(buf.len());
-            for (k, b) in buf[..n].iter_mut().enumerate() {
-                *b = pat(off + k, 0x11);
-            }
+            scenarios::fill_stream(&mut buf[..n], off, 0x11);
             vw.write_all(&buf[..n]).await?;
             off += n;
         }
@@ -828,7 +825,7 @@ async fn exchange(
                 bail!("the proxy's stdout ended after {off} of {bytes} bytes");
             }
             for (k, b) in buf[..n].iter().enumerate() {
-                if *b != pat(off + k, 0x11) {
+                if *b != scenarios::stream_byte(off + k, 0x11) {
                     bail!(
                         "byte {} from us arrived wrong at libxenvchan's side",
                         off + k
@@ -844,9 +841,7 @@ async fn exchange(
         let mut off = 0;
         while off < bytes {
             let n = (bytes - off).min(buf.len());
-            for (k, b) in buf[..n].iter_mut().enumerate() {
-                *b = pat(off + k, 0x77);
-            }
+            scenarios::fill_stream(&mut buf[..n], off, 0x77);
             stdin.write_all(&buf[..n]).await?;
             off += n;
         }
@@ -861,7 +856,7 @@ async fn exchange(
                 bail!("our vchan ended after {off} of {bytes} bytes from libxenvchan");
             }
             for (k, b) in buf[..n].iter().enumerate() {
-                if *b != pat(off + k, 0x77) {
+                if *b != scenarios::stream_byte(off + k, 0x77) {
                     bail!("byte {} from libxenvchan arrived wrong at ours", off + k);
                 }
             }
@@ -919,15 +914,12 @@ const VBD_REGIONS: [(u64, usize); 8] = [
 /// Untouched: zeros in the image file and through NBD.
 const VBD_UNTOUCHED: (u64, usize) = (40 << 20, 1 << 20);
 
-/// The byte at disk offset `pos` of the written regions (not periodic
-/// within a region, so a misplaced sector shows).
-fn vbd_byte(pos: u64) -> u8 {
-    let x = (pos / 8).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x >> (8 * (pos % 8))) as u8 ^ (x >> 59) as u8
-}
-
+/// The bytes of a written region: the stream checks' pattern at the disk
+/// offset (side 0x5b), so a misplaced sector shows.
 fn vbd_region(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| vbd_byte(offset + i)).collect()
+    let mut v = vec![0u8; len];
+    scenarios::fill_stream(&mut v, offset as usize, 0x5b);
+    v
 }
 
 /// The domU's side of the vbd check: the frontend daemon exports the disk
@@ -977,7 +969,8 @@ async fn domu_vbd(xs: &XsClient) -> anyhow::Result<String> {
                 .read(off, len as u32)
                 .await
                 .with_context(|| format!("reading {len} bytes at {off}"))?;
-            if let Some(k) = (0..len).find(|&k| got[k] != vbd_byte(off + k as u64)) {
+            let want = vbd_region(off, len);
+            if let Some(k) = (0..len).find(|&k| got[k] != want[k]) {
                 bail!(
                     "byte {} read back wrong (region {off}+{len})",
                     off + k as u64

@@ -463,11 +463,16 @@ fn decode_word(v: u64, salt: u8) -> u64 {
     (x ^ x >> 32).wrapping_mul(inverse(PATTERN_K1))
 }
 
-fn stream_byte(i: usize, salt: u8) -> u8 {
+/// Byte `i` of side `salt`'s check pattern (see [`pump`]): every 8-byte
+/// word encodes its offset and side, so a misplaced byte is found and
+/// named. The VM's other checks (the vbd disk, libxenvchan's side in
+/// `xen-c-bench.c`) use the same bytes.
+pub fn stream_byte(i: usize, salt: u8) -> u8 {
     stream_word((i / 8) as u64, salt).to_le_bytes()[i % 8]
 }
 
-fn fill_stream(buf: &mut [u8], off: usize, salt: u8) {
+/// Fills `buf` with the pattern of side `salt` from stream offset `off`.
+pub fn fill_stream(buf: &mut [u8], off: usize, salt: u8) {
     for (k, b) in buf.iter_mut().enumerate() {
         *b = stream_byte(off + k, salt);
     }
