@@ -11,10 +11,11 @@
 //! ```
 //!
 //! Everything here needs root (namespaces, TAP devices) and `ip`
-//! (iproute2); [`ping`] needs `ping` (iputils-ping).
+//! (iproute2); [`ping`] needs `ping` (iputils-ping), the demo's own
+//! [`icmp_ping`] does not.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -22,12 +23,17 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use xenring::xenbus::DeviceId;
 
+use crate::ping::icmp_ping;
 use crate::system::{Daemon, System};
 
 /// The backend end's address.
 pub const BACKEND_ADDR: &str = "10.77.0.1";
 /// The frontend end's address.
 pub const FRONTEND_ADDR: &str = "10.77.0.2";
+/// [`BACKEND_ADDR`] as an address.
+pub const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// [`FRONTEND_ADDR`] as an address.
+pub const FRONTEND_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 /// Fails with a message naming `tool` if it is not on `PATH`.
 pub fn need_tool(tool: &str, package: &str) -> anyhow::Result<()> {
@@ -563,19 +569,21 @@ pub struct VifDemoSummary {
 
 /// The demo's network part: two namespaces, a vif device between a
 /// backend daemon in one and a frontend daemon in the other (transfer
-/// mode), pings both ways. Returns the lines to print, and the figures;
-/// without root (or without `ip`/`ping`), a line saying why and no figures
+/// mode), pings both ways with [`icmp_ping`]. Returns the lines to print,
+/// and the figures; without root (or without `ip`), a line saying why and no figures
 /// instead of failing.
 pub async fn run_vif_demo(sys: &System) -> anyhow::Result<(Vec<String>, Option<VifDemoSummary>)> {
     let skipped = |why: String| Ok((vec![format!("  net: skipped: {why}")], None));
     if !rustix::process::geteuid().is_root() {
-        return skipped(
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "target/release/xenring-demo".into());
+        return skipped(format!(
             "the vif device needs root (it creates network namespaces and TAP devices); \
-             run the demo as root to see it"
-                .into(),
-        );
+             to see it, run the demo as root: sudo {exe}"
+        ));
     }
-    if let Err(e) = need_tool("ip", "iproute2").and_then(|_| need_tool("ping", "iputils-ping")) {
+    if let Err(e) = need_tool("ip", "iproute2") {
         return skipped(e.to_string());
     }
     let t0 = Instant::now();
@@ -589,8 +597,10 @@ pub async fn run_vif_demo(sys: &System) -> anyhow::Result<(Vec<String>, Option<V
         }
     };
     let setup = t0.elapsed();
-    let to_backend = ping(&pair.frontend_ns, BACKEND_ADDR, 20, 0.01)?;
-    let to_frontend = ping(&pair.backend_ns, FRONTEND_ADDR, 20, 0.01)?;
+    // The demo's own ping (no iputils-ping needed).
+    let gap = Duration::from_millis(10);
+    let to_backend = icmp_ping(&pair.frontend_ns, BACKEND_IP, 20, gap)?;
+    let to_frontend = icmp_ping(&pair.backend_ns, FRONTEND_IP, 20, gap)?;
     let log = pair.frontend.log();
     let mode = ["transfer", "copy"]
         .into_iter()

@@ -9,6 +9,7 @@
 //! | [`demo`] | the one-command demo (`xenring-demo`) |
 //! | [`demo_vbd`] | the demo's block device part: an image written and read back through NBD |
 //! | [`demo_vif`] | the demo's network part; namespaces, the vif device, ping and a TCP tool for the vif tests |
+//! | [`ping`] | the demo's own ping: ICMP echo over a raw socket inside a namespace |
 //! | [`system`] | a whole simulated system in one process tree, for the demo and the tests |
 
 pub mod demo;
@@ -16,6 +17,7 @@ pub mod demo_vbd;
 pub mod demo_vif;
 pub mod echo_driver;
 pub mod embedded_service;
+pub mod ping;
 pub mod system;
 
 use std::path::Path;

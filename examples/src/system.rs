@@ -522,6 +522,17 @@ pub async fn echo_server() -> anyhow::Result<(String, tokio::task::JoinHandle<()
 /// Sends `n` bytes of connection `c`'s pattern through `sock` and checks
 /// that the same bytes come back.
 pub async fn push(sock: PathBuf, c: usize, n: u64) -> anyhow::Result<()> {
+    push_counted(sock, c, n, Default::default()).await
+}
+
+/// [`push`], adding the bytes that came back to `echoed` as they arrive
+/// (for a caller that judges a slow transfer by its progress).
+pub async fn push_counted(
+    sock: PathBuf,
+    c: usize,
+    n: u64,
+    echoed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<()> {
     let s = UnixStream::connect(&sock)
         .await
         .with_context(|| format!("connecting to {}", sock.display()))?;
@@ -557,6 +568,7 @@ pub async fn push(sock: PathBuf, c: usize, n: u64) -> anyhow::Result<()> {
             }
         }
         off += got as u64;
+        echoed.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
     }
     writer.await??;
     Ok(())

@@ -1,12 +1,16 @@
 //! The vif device between two network namespaces (backend daemon in one,
-//! frontend daemon in the other, transfer mode): ping both ways, then the
+//! frontend daemon in the other, transfer mode): ping both ways (iputils'
+//! ping and the demo's own), then the
 //! device is removed and the host reports nothing left behind.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use xenring::sim::HostConfig;
-use xenring_examples::demo_vif::{ping, start_vif, BACKEND_ADDR, FRONTEND_ADDR};
+use xenring_examples::demo_vif::{
+    ping, start_vif, BACKEND_ADDR, BACKEND_IP, FRONTEND_ADDR, FRONTEND_IP,
+};
+use xenring_examples::ping::icmp_ping;
 use xenring_examples::system::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,6 +25,16 @@ async fn ping_both_ways_through_the_split_driver() -> anyhow::Result<()> {
     assert_eq!(to_be.received, 10, "every echo came back: {to_be:?}");
     let to_fe = ping(&pair.backend_ns, FRONTEND_ADDR, 10, 0.05)?;
     assert_eq!(to_fe.received, 10, "every echo came back: {to_fe:?}");
+    // The demo's own ping (raw ICMP socket inside the namespace) sees the
+    // same device answer.
+    let gap = Duration::from_millis(20);
+    let own = icmp_ping(&pair.frontend_ns, BACKEND_IP, 5, gap)?;
+    assert_eq!((own.sent, own.received), (5, 5), "{own:?}");
+    let own = icmp_ping(&pair.backend_ns, FRONTEND_IP, 5, gap)?;
+    assert_eq!((own.sent, own.received), (5, 5), "{own:?}");
+    // An address nobody has gets no reply, and says so.
+    let none = icmp_ping(&pair.frontend_ns, "10.77.0.9".parse()?, 1, gap);
+    assert!(none.is_err(), "{none:?}");
     assert!(
         pair.frontend.log().contains("vif connected") && pair.frontend.log().contains("transfer"),
         "transfer mode by default on the simulated host:\n{}",

@@ -26,10 +26,12 @@ mkdir -p "$WORK"
 cd "$WORK"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
-if ! command -v debootstrap >/dev/null || ! command -v qemu-system-x86_64 >/dev/null; then
-  apt-get update
-  apt-get install -y --no-install-recommends debootstrap qemu-system-x86
-fi
+# debootstrap and mkfs.ext4 come from the test command (./test.sh), which
+# installs qemu-system-x86 together with a matching qemu-utils: installing
+# qemu-system-x86 alone here could make apt remove a newer qemu-utils.
+for tool in debootstrap mkfs.ext4; do
+  command -v "$tool" >/dev/null || { echo "build-image: $tool is missing (./test.sh installs it)" >&2; exit 2; }
+done
 
 PKGS=(
   linux-image-amd64 initramfs-tools kmod udev

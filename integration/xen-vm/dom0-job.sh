@@ -56,7 +56,7 @@ if xl create -q /tmp/domu.cfg; then
   # libxenvchan against itself across domains (the reference), then ours
   step c_vchan_domu /tmp/bin/xen-c-bench verify-client "$DOMID" "$VERIFY_BYTES"
   step vchan_domu $T vchan-dom0 --domu "$DOMID" --bytes "$VERIFY_BYTES"
-  step chan $T chan-dom0 --domu "$DOMID" --timeout 300
+  step chan $T chan-dom0 --domu "$DOMID" --stall 120
   [ "$rc" = 0 ] || { echo "--- domU console so far"; cat /var/log/xen/console/guest-xentest-domu.log;
                      echo "--- dom0 kernel: faults"; dmesg | grep -iE "segfault|general protection|trap" | tail -5; }
   # vbd: our backend daemon serves a 64 MiB image to the domU's frontend,

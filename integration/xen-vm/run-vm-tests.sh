@@ -27,7 +27,7 @@ export WORK=$CACHE/$KEY
 what=${1:-all}
 
 for tool in qemu-system-x86_64 debootstrap mkfs.ext4; do
-  command -v "$tool" >/dev/null || { echo "run-vm-tests: $tool is missing (apt-get install qemu-system-x86 debootstrap e2fsprogs)" >&2; exit 2; }
+  command -v "$tool" >/dev/null || { echo "run-vm-tests: $tool is missing (the test command ./test.sh installs it)" >&2; exit 2; }
 done
 [ "$(id -u)" = 0 ] || { echo "run-vm-tests: needs root (debootstrap, chroot)" >&2; exit 2; }
 
@@ -61,7 +61,7 @@ if [ "$what" = all ] || [ "$what" = build ]; then
   strip -o "$BIN/xenring-xentest" "$OUT/xenring-xentest" && strip -o "$BIN/xs_client" "$xs" || exit 1
   # The benchmark's C side, on Xen's own libraries (libxen-dev), static for the domU.
   for h in libxenvchan.h xenevtchn.h xenstore.h; do
-    [ -e /usr/include/$h ] || { echo "run-vm-tests: /usr/include/$h is missing (apt-get install libxen-dev)" >&2; exit 1; }
+    [ -e /usr/include/$h ] || { echo "run-vm-tests: /usr/include/$h is missing (./test.sh installs libxen-dev)" >&2; exit 1; }
   done
   gcc -O2 -Wall -static -o "$BIN/xen-c-bench" "$HERE/xen-c-bench.c" \
     -lxenvchan -lxengnttab -lxenevtchn -lxenstore -lxentoollog -lxentoolcore -lpthread 2>/dev/null \
@@ -73,11 +73,11 @@ if [ "$what" = all ] || [ "$what" = boot ]; then
   rc=0
   echo "=== MACHINE host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; VM: QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}') TCG, Xen under software emulation"
   echo "=== BOOT xenstored"
-  XENSTORED=xenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-xenstored.log \
+  XENSTORED=xenstored TIMEOUT=${XENRING_VM_TIMEOUT:-1800} CONSOLE_LOG=$WORK/console-xenstored.log \
     "$HERE/run-in-dom0.sh" -f "$BIN/xenring-xentest" -f "$BIN/xs_client" -f "$BIN/xen-c-bench" -s "$HERE/dom0-job.sh"
   r=$?; echo "=== BOOT xenstored rc=$r"; [ $r = 0 ] || rc=1
   echo "=== BOOT oxenstored"
-  XENSTORED=oxenstored TIMEOUT=${XENRING_VM_TIMEOUT:-900} CONSOLE_LOG=$WORK/console-oxenstored.log \
+  XENSTORED=oxenstored TIMEOUT=${XENRING_VM_TIMEOUT:-1800} CONSOLE_LOG=$WORK/console-oxenstored.log \
     "$HERE/run-in-dom0.sh" -f "$BIN/xs_client" -s "$HERE/oxenstored-job.sh"
   r=$?; echo "=== BOOT oxenstored rc=$r"; [ $r = 0 ] || rc=1
   exit $rc

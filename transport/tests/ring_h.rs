@@ -38,7 +38,7 @@ use xenring::ring::{BackRing, FrontRing, RingEntry, RingError};
 use xenring::shm::{Protection, Region, PAGE_SIZE};
 
 const RING_H: &str = "/usr/include/xen/io/ring.h";
-const INSTALL: &str = "install a C compiler and Xen's headers: `apt-get install -y gcc libxen-dev`";
+const INSTALL: &str = "install a C compiler and Xen's headers: `./test.sh` installs them (`apt-get install -y gcc libxen-dev`)";
 
 /// The two entry types, built from an id the same way as the C harness.
 trait Entries {
@@ -118,7 +118,9 @@ fn hex_of<T: RingEntry>(tag: &str, entry: &T) -> String {
 fn harness<E: Entries>() -> &'static Path {
     static BINS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static Path)>>> = OnceLock::new();
     let bins = BINS.get_or_init(Default::default);
-    let mut bins = bins.lock().unwrap();
+    // A panic while holding it (ring.h missing) must not turn every later
+    // test into a "poisoned mutex" failure: each says what is missing.
+    let mut bins = bins.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = bins.iter().find(|(n, _)| *n == E::NAME) {
         return p;
     }

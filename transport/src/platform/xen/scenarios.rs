@@ -363,13 +363,79 @@ pub async fn vchan(p: &dyn Platform, order: u16, bytes: usize) -> Result<String>
     ))
 }
 
+/// How long a cross-domain exchange may move no byte before it counts as
+/// stalled. Under software emulation on a busy machine an exchange can
+/// take many minutes and still be sound: it is judged by progress, never
+/// by its total time.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// A count of work done (bytes moved, steps taken), shared between the
+/// work and a watchdog that fails it when the count stands still
+/// ([`unless_stalled`]).
+#[derive(Debug, Clone, Default)]
+pub struct Progress(pub std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Progress {
+    /// Counts `n` more.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Runs `work` to its end, unless `progress` stands still for `stall`:
+/// then it fails, naming `what` and how far it got. A slow exchange that
+/// keeps moving passes however long it takes; a stalled one fails within
+/// `stall`.
+pub async fn unless_stalled<T, E: From<PlatformError>>(
+    progress: &Progress,
+    stall: Duration,
+    what: &str,
+    work: impl Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, E> {
+    let watchdog = async {
+        let mut last = progress.get();
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(stall / 8).await;
+            let now = progress.get();
+            if now != last {
+                (last, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= stall {
+                return fail(format!(
+                    "{what} stalled: no progress for {stall:?} (at {now})"
+                ));
+            }
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        e = watchdog => Err(e.into()),
+    }
+}
+
 /// Writes `n` bytes of pattern `salt` (1 or 2) while reading and checking
 /// `n` bytes of the other side's pattern (`3 - salt`): one end of a
 /// verified two-way exchange (also used across domains by the VM jobs).
+/// Fails if no byte moves either way for [`STALL`].
 pub async fn pump<S>(s: S, n: usize, salt: u8) -> Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    pump_unless_stalled(s, n, salt, STALL).await
+}
+
+/// [`pump`] with the stall limit given.
+pub async fn pump_unless_stalled<S>(s: S, n: usize, salt: u8, stall: Duration) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let progress = Progress::default();
+    let (pw, pr) = (progress.clone(), progress.clone());
     let (mut r, mut w) = tokio::io::split(s);
     let writer = async move {
         let mut buf = vec![0u8; 64 << 10];
@@ -381,6 +447,7 @@ where
                 .await
                 .map_err(|e| fail(format!("write: {e}")))?;
             off += len;
+            pw.add(len as u64);
         }
         w.flush().await.map_err(|e| fail(format!("flush: {e}")))?;
         Ok::<_, PlatformError>(w)
@@ -423,13 +490,17 @@ where
                 )));
             }
             off += got;
+            pr.add(got as u64);
         }
         Ok(())
     };
-    let (w, r) = tokio::join!(writer, reader);
-    r?;
-    drop(w?);
-    Ok(())
+    let both = async {
+        let (w, r) = tokio::join!(writer, reader);
+        r?;
+        drop(w?);
+        Ok(())
+    };
+    unless_stalled(&progress, stall, "the exchange", both).await
 }
 
 /// The stream pattern: every 8-byte word at stream offset `8w` holds an
@@ -596,5 +667,68 @@ mod tests {
             .map(|i| format!("{:02x}", stream_byte(i, 1)))
             .collect();
         assert_eq!(hex, "c8face67f9e0ce1416fd626ae3889e0d");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_work_that_keeps_moving_is_never_cut_off() {
+        // 200 s of work, a step every 10 s, against a 30 s stall limit:
+        // a fixed total limit of 30 s would have failed it.
+        let p = Progress::default();
+        let t = tokio::time::Instant::now();
+        let work = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                p.add(1);
+            }
+            Ok(p.get())
+        };
+        let r = unless_stalled(&p, Duration::from_secs(30), "slow", work).await;
+        assert_eq!(r.unwrap(), 20);
+        assert!(t.elapsed() >= Duration::from_secs(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_stops_moving_fails_within_the_stall_limit() {
+        let p = Progress::default();
+        let t = tokio::time::Instant::now();
+        let work = async {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                p.add(5);
+            }
+            std::future::pending::<Result<()>>().await
+        };
+        let e = unless_stalled(&p, Duration::from_secs(30), "the exchange", work)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the exchange stalled") && e.contains("at 15"),
+            "{e}"
+        );
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(60) && took <= Duration::from_secs(65),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pump_pair_verifies_both_ways() {
+        let (a, b) = tokio::io::duplex(4096);
+        let (x, y) = tokio::join!(pump(a, 1 << 20, 1), pump(b, 1 << 20, 2));
+        x.unwrap();
+        y.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pump_whose_peer_is_silent_fails_as_stalled() {
+        // The peer end is held open but never reads or writes.
+        let (a, _peer) = tokio::io::duplex(4096);
+        let e = pump_unless_stalled(a, 1 << 20, 1, Duration::from_secs(5))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stalled"), "{e}");
     }
 }
