@@ -76,7 +76,7 @@ install_packages() {
   for t in "${tools[@]}"; do
     set -- $t
     case $2 in qemu-utils | qemu-system-x86) continue ;; esac
-    present "$1" || need+=("$2")
+    present "$1" || case " ${need[*]} " in *" $2 "*) ;; *) need+=("$2") ;; esac
   done
   # qemu-utils and qemu-system-x86 come from one source package: they must be
   # the same version, whatever the machine had before.
