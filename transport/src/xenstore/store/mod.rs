@@ -33,6 +33,8 @@ mod watch;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_parity;
+#[cfg(test)]
 mod tests_txn;
 
 use std::fmt;
@@ -116,6 +118,14 @@ pub struct Quotas {
     pub permissions: u32,
     /// Nodes one transaction may touch (`transaction-nodes`, 1024).
     pub transaction_nodes: u32,
+    /// Longest path an unprivileged domain may name, counted without the
+    /// `/local/domain/<domid>/` prefix (`path-max`, 2048). It can only
+    /// tighten the protocol's limit ([`XENSTORE_REL_PATH_MAX`], which
+    /// binds every domain, dom0 included): a value of 0 or above 2048
+    /// leaves 2048.
+    ///
+    /// [`XENSTORE_REL_PATH_MAX`]: crate::abi::xs_wire::XENSTORE_REL_PATH_MAX
+    pub path_max: u32,
 }
 
 impl Default for Quotas {
@@ -128,14 +138,16 @@ impl Default for Quotas {
             node_size: 2048,
             permissions: 5,
             transaction_nodes: 1024,
+            path_max: 2048,
         }
     }
 }
 
 impl Quotas {
-    /// Name (as C xenstored's `quota` control command calls it), value and
-    /// description of each limit.
-    pub fn entries(&self) -> [(&'static str, u32, &'static str); 7] {
+    /// Name (as C xenstored's `quota` control command and GET_QUOTA /
+    /// SET_QUOTA call it), value and description of each limit, in C
+    /// xenstored's order (which lacks only its `memory` quota here).
+    pub fn entries(&self) -> [(&'static str, u32, &'static str); 8] {
         [
             ("nodes", self.nodes, "Nodes per domain"),
             ("watches", self.watches, "Watches per domain"),
@@ -159,8 +171,38 @@ impl Quotas {
                 self.permissions,
                 "Max. number of permissions per node",
             ),
+            ("path-max", self.path_max, "Max. length of a node path"),
             ("node-size", self.node_size, "Max. size of a node"),
         ]
+    }
+
+    /// The longest path (counted as `path::counted_len` does) a domain may
+    /// name: the protocol's [`XENSTORE_REL_PATH_MAX`] for everyone, or a
+    /// smaller non-zero `path_max` for an unprivileged domain.
+    ///
+    /// [`XENSTORE_REL_PATH_MAX`]: crate::abi::xs_wire::XENSTORE_REL_PATH_MAX
+    pub(crate) fn path_limit(&self, privileged: bool) -> usize {
+        let proto = crate::abi::xs_wire::XENSTORE_REL_PATH_MAX;
+        match self.path_max as usize {
+            q if !privileged && q > 0 && q < proto => q,
+            _ => proto,
+        }
+    }
+
+    /// The limit named `name` (as [`Quotas::entries`] names them), for
+    /// SET_QUOTA.
+    pub(crate) fn get_mut(&mut self, name: &[u8]) -> Option<&mut u32> {
+        Some(match name {
+            b"nodes" => &mut self.nodes,
+            b"watches" => &mut self.watches,
+            b"outstanding" => &mut self.outstanding,
+            b"transactions" => &mut self.transactions,
+            b"transaction-nodes" => &mut self.transaction_nodes,
+            b"node-permissions" => &mut self.permissions,
+            b"path-max" => &mut self.path_max,
+            b"node-size" => &mut self.node_size,
+            _ => return None,
+        })
     }
 
     /// The text of the `quota` control command.
