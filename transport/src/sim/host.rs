@@ -147,9 +147,10 @@ impl SimHost {
         self.shared.xenstored.socket_path(domid)
     }
 
-    /// What every domain holds now.
+    /// What every domain holds now, and what XenStore holds of destroyed
+    /// domains.
     pub fn report(&self) -> HostReport {
-        self.shared.hv.lock().expect("hv lock").report()
+        report(&self.shared)
     }
 
     /// Creates a persistent domain `domid`, with no session: processes join
@@ -211,6 +212,14 @@ fn message(r: Reply) -> String {
         Reply::Errno { message, .. } | Reply::Status { message, .. } => message,
         other => format!("{other:?}"),
     }
+}
+
+fn report(shared: &Shared) -> HostReport {
+    // Under the hv lock, so that no domain is destroyed between the two.
+    let hv = shared.hv.lock().expect("hv lock");
+    let mut r = hv.report();
+    r.xenstore = shared.xenstored.leftovers();
+    r
 }
 
 fn create(shared: &Shared, domid: u16) -> Result<(), Reply> {
@@ -410,10 +419,7 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
             return perm("this connection has joined already".into())
         }
         (_, Request::Report) => {
-            return (
-                Reply::Report(shared.hv.lock().expect("hv lock").report()),
-                Vec::new(),
-            );
+            return (Reply::Report(report(shared)), Vec::new());
         }
         (_, Request::Destroy { domid }) if dom0 => return errno_answer(destroy(shared, *domid)),
         (_, Request::CreateDomain { domid }) if dom0 => {

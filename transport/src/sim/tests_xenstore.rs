@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::abi::xs_wire::XsType;
+use crate::abi::xs_wire::{XsErrno, XsType};
 use crate::xenstore::codec::decode;
 use crate::xenstore::XsMsg;
 
@@ -176,5 +176,55 @@ fn a_domain_socket_speaks_for_that_domain() {
     let mut xs1 = Xs::connect(&h, 1);
     assert_eq!(xs1.call(XsType::Read, &["name"]).payload, b"domain-1");
     let r = xs1.call(XsType::Read, &["/local/domain/0/name"]);
-    assert_eq!(r.error_name(), Some(crate::abi::xs_wire::XsErrno::Eacces));
+    assert_eq!(r.error_name(), Some(XsErrno::Eacces));
+}
+
+#[test]
+fn a_destroyed_domain_leaves_no_home_and_its_domid_starts_afresh() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    h.create_domain(5).unwrap();
+    {
+        let mut xs5 = Xs::connect(&h, 5);
+        let r = xs5.call(XsType::Write, &["data/x", "v"]);
+        assert_eq!(r.payload, b"OK\0");
+    }
+    h.destroy_domain(5).unwrap();
+    for p in ["/local/domain/5", "/local/domain/5/name"] {
+        let r = xs.call(XsType::Read, &[p]);
+        assert_eq!(r.error_name(), Some(XsErrno::Enoent), "{p}");
+    }
+    h.report().assert_clean();
+
+    h.create_domain(5).unwrap();
+    let mut xs5 = Xs::connect(&h, 5);
+    assert_eq!(xs5.call(XsType::Read, &["name"]).payload, b"domain-5");
+    assert_eq!(xs5.call(XsType::Read, &["domid"]).payload, b"5");
+    assert_eq!(
+        xs5.call(XsType::Read, &["data/x"]).error_name(),
+        Some(XsErrno::Enoent)
+    );
+    h.destroy_domain(5).unwrap();
+    h.report().assert_clean();
+}
+
+#[test]
+fn the_report_names_xenstore_nodes_left_of_a_destroyed_domain() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    h.create_domain(6).unwrap();
+    h.destroy_domain(6).unwrap();
+    // A dom0 writer recreates part of the dead domain's home.
+    let r = xs.call(XsType::Write, &["/local/domain/6/device/vif/0/state", "6"]);
+    assert_eq!(r.payload, b"OK\0");
+    let report = h.report();
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert!(leaks[0].contains("/local/domain/6"), "{leaks:?}");
+    // The admin's report (what `xenring-sim report --check` reads) too.
+    let admin = SimAdmin::connect(h.control_path()).unwrap();
+    assert_eq!(admin.report().unwrap().leaks(), leaks);
+    assert!(report.to_string().contains("/local/domain/6"), "{report}");
+    xs.call(XsType::Rm, &["/local/domain/6"]);
+    h.report().assert_clean();
 }
