@@ -28,6 +28,7 @@
 //! or bound ([`HostReport`]) so that tests can assert nothing leaked.
 
 mod admin;
+mod dir;
 mod domain;
 mod handles;
 mod host;

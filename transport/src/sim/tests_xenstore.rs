@@ -228,3 +228,30 @@ fn the_report_names_xenstore_nodes_left_of_a_destroyed_domain() {
     xs.call(XsType::Rm, &["/local/domain/6"]);
     h.report().assert_clean();
 }
+
+#[test]
+fn the_socket_folder_is_private_and_a_shared_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let t = tempfile::tempdir().unwrap();
+    // A folder the host makes is its user's alone, and so is xenstore/.
+    let mine = t.path().join("sim");
+    let h = SimHost::start(mine.join("control.sock"), HostConfig::default()).unwrap();
+    assert_eq!(mode(&mine), 0o700);
+    assert_eq!(mode(&mine.join("xenstore")), 0o700);
+    assert_eq!(mode(&mine.join("control.sock")), 0o600);
+    h.shutdown();
+    // One someone left open (as /tmp/xenring-sim-<uid> made by another
+    // user with mode 0777 would be) is refused, and left as it was.
+    let open = t.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = SimHost::start(open.join("control.sock"), HostConfig::default()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("mode 0777"), "{e}");
+    assert!(!open.join("control.sock").exists());
+    assert_eq!(mode(&open), 0o777);
+    // Clients refuse to connect through such a folder too.
+    let e = SimAdmin::connect(open.join("control.sock")).unwrap_err();
+    assert!(e.to_string().contains("mode 0777"), "{e}");
+}
