@@ -47,10 +47,12 @@ pub struct Store {
     dom_quotas: HashMap<u16, Quotas>,
 }
 
-/// The server features (`XENSTORE_SERVER_FEATURE_*`) GET_FEATURE
-/// reports: none. Reconnection and the error field belong to a ring page,
-/// which socket connections do not have; WATCH takes no depth and no
+/// The server features ([`feature`] bits) GET_FEATURE reports: none.
+/// `RECONNECTION` and `ERROR` belong to a ring page, which socket
+/// connections do not have; WATCH takes no depth (`WATCHDEPTH`) and no
 /// permission may name `DOMID_ANY`.
+///
+/// [`feature`]: crate::abi::xs_wire::feature
 const SERVER_FEATURES: u32 = 0;
 
 fn privileged_only(ty: XsType) -> bool {

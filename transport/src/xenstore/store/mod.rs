@@ -13,8 +13,12 @@
 //! | `ops` | READ, WRITE, MKDIR, RM, DIRECTORY(_PART), GET/SET_PERMS |
 //! | `txn` | transactions: per-node generations, `EAGAIN` on conflict |
 //! | `watch` | watches and which events a change fires |
-//! | `domain` | initial tree, INTRODUCE/RELEASE, special watches, CONTROL |
-//! | `dispatch` | [`Store`]: dispatch, connections, replies |
+//! | `domain` | initial tree, INTRODUCE/RELEASE (homes made and removed), special watches, leftovers, CONTROL |
+//! | `dispatch` | [`Store`]: dispatch, connections, replies, GET/SET_FEATURE, GET/SET_QUOTA |
+//!
+//! Quotas: the global [`Quotas`] are what a domain starts with when it is
+//! introduced; SET_QUOTA changes the global ones (for domains introduced
+//! later) or one domain's ([`Store::quotas_for`]), as C xenstored does.
 //!
 //! Replies always come before the events of the same request in an
 //! [`Outcome`] (a WATCH's acknowledgement precedes its first event). C
