@@ -39,7 +39,10 @@ fn main() {
         return; // cargo bench --list
     }
     let dir = std::env::temp_dir().join(format!("xenring-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Private (mode 0700): the sim host refuses a socket folder others can reach.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .unwrap();
     let machine = machine();
     println!("xenring sim benchmarks on {machine}");
 

@@ -355,3 +355,39 @@ fn xenring_sim_exec_points_the_tools_at_the_domain_socket() {
     assert_eq!(out.stdout, b"Domain-0\n");
     host.shutdown();
 }
+
+#[test]
+fn a_released_domain_leaves_no_home_and_comes_back_with_a_fresh_one() {
+    let e = env();
+    e.ok(1, "xenstore-write", &["data/x", "v"]);
+    e.xs.release_domain(1);
+    let ls = e.ok(0, "xenstore-ls", &["/local/domain"]);
+    assert!(!ls.lines().any(|l| l.starts_with("1 ")), "{ls}");
+    e.fails(0, "xenstore-exists", &["/local/domain/1"]);
+    e.xs.introduce_domain(1);
+    assert_eq!(
+        e.ok(1, "xenstore-read", &["name", "domid"]),
+        "domain-1\n1\n"
+    );
+    e.fails(1, "xenstore-read", &["data/x"]);
+    assert!(e.xs.leftovers().is_empty(), "{:?}", e.xs.leftovers());
+}
+
+#[test]
+fn c_xenstored_refusals_the_tools_report() {
+    let e = env();
+    e.ok(0, "xenstore-write", &["/tool/p", ""]);
+    // An owner that does not exist (C: ENOENT), for dom0 too.
+    let err = e.fails(0, "xenstore-chmod", &["/tool/p", "n7"]);
+    assert!(err.contains("No such file or directory"), "{err}");
+    e.ok(0, "xenstore-chmod", &["/tool/p", "n1"]);
+    // Permissions of special paths other than the two (C: EINVAL).
+    let err = e.fails(0, "xenstore-chmod", &["@foo", "n0"]);
+    assert!(err.contains("Invalid argument"), "{err}");
+    e.ok(0, "xenstore-chmod", &["@releaseDomain", "n0", "r1"]);
+    // A path of more than 2048 bytes outside a home (C: EINVAL), dom0's.
+    let long = format!("/tool/{}", "a".repeat(2048 - 5));
+    let err = e.fails(0, "xenstore-write", &[&long, "v"]);
+    assert!(err.contains("could not write"), "{err}");
+    e.ok(0, "xenstore-write", &[&long[..2048], "v"]);
+}

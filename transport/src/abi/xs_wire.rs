@@ -31,6 +31,20 @@ pub const XENSTORE_REL_PATH_MAX: usize = 2048;
 /// A type number guaranteed never to name a message type (`XS_INVALID`).
 pub const XS_INVALID: u32 = 0xffff;
 
+/// Server feature bits (`XENSTORE_SERVER_FEATURE_*`): what GET_FEATURE
+/// answers (as a decimal number) and SET_FEATURE takes, and what a ring
+/// page's `server_features` field holds.
+pub mod feature {
+    /// The ring can be reconnected (ring pages only).
+    pub const RECONNECTION: u32 = 1;
+    /// The ring page's `error` field is present (ring pages only).
+    pub const ERROR: u32 = 2;
+    /// `XS_WATCH` takes a `<depth>` argument.
+    pub const WATCHDEPTH: u32 = 4;
+    /// Permissions may name `DOMID_ANY`.
+    pub const DOMID_ANY: u32 = 8;
+}
+
 /// XenStore message types (`XS_*`), with their wire numbers.
 ///
 /// Number 20 is unassigned: it belonged to a request Xen has since removed,
@@ -395,6 +409,15 @@ mod tests {
         assert_eq!(XENSTORE_ABS_PATH_MAX, 3072);
         assert_eq!(XENSTORE_REL_PATH_MAX, 2048);
         assert_eq!(XS_INVALID, 0xffff);
+        assert_eq!(
+            [
+                feature::RECONNECTION,
+                feature::ERROR,
+                feature::WATCHDEPTH,
+                feature::DOMID_ANY
+            ],
+            [1, 2, 4, 8]
+        );
     }
 
     #[test]

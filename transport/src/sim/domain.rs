@@ -136,6 +136,8 @@ pub(super) fn call_on(conn: &OwnedFd, req: &Request) -> Result<(Reply, Vec<Owned
 
 pub(super) fn connect_to(socket: &Path) -> Result<OwnedFd> {
     let what = || format!("connect to the simulated host at {}", socket.display());
+    super::dir::check_private_dir(socket.parent().unwrap_or(Path::new("")))
+        .map_err(io_err(what()))?;
     let fd = socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,

@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use rustix::net::{
     SocketFlags, SocketType,
 };
 
+use super::dir::{make_private_dir, make_private_subdir, SOCKET_MODE};
 use super::hv::{Caller, HostConfig, Hypervisor, Left};
 use super::report::HostReport;
 use super::wire::{borrow_all, recv_packet, send_farewell, send_packet, Reply, Request};
@@ -73,7 +75,9 @@ pub const ENV_DOMID: &str = "XENRING_DOMID";
 
 /// Where the control socket is unless told otherwise:
 /// `$XDG_RUNTIME_DIR/xenring-sim/control.sock`, else
-/// `/tmp/xenring-sim-<uid>/control.sock`.
+/// `/tmp/xenring-sim-<uid>/control.sock`. [`SimHost::start`] makes the
+/// folder with mode 0700 and refuses one that exists but is not the
+/// user's own private directory.
 pub fn default_socket_path() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(d) => PathBuf::from(d).join("xenring-sim").join("control.sock"),
@@ -90,11 +94,15 @@ impl SimHost {
     /// Starts a host whose control socket is `socket` (an existing stale
     /// socket file there is replaced), with its xenstored's sockets in the
     /// directory `xenstore/` beside it.
+    ///
+    /// The socket's folder must be the user's: it is created with mode
+    /// 0700, and an existing one that is not a real directory of this
+    /// user's that nobody else may write is refused (`PermissionDenied`),
+    /// since whoever can reach the sockets can join as dom0. The control
+    /// socket is mode 0600, `xenstore/` mode 0700.
     pub fn start(socket: impl AsRef<Path>, cfg: HostConfig) -> io::Result<SimHost> {
         let path = socket.as_ref().to_path_buf();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        make_private_dir(path.parent().unwrap_or(Path::new("")))?;
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -108,11 +116,13 @@ impl SimHost {
         )?;
         bind(&listener, &SocketAddrUnix::new(&path)?)
             .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
         listen(&listener, 128)?;
         let xs_dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.join("xenstore"),
             _ => PathBuf::from("xenstore"),
         };
+        make_private_subdir(&xs_dir)?;
         let xenstored = Xenstored::start(&xs_dir, cfg.xenstore_quotas)?;
         let shared = Arc::new(Shared {
             hv: Mutex::new(Hypervisor::new(cfg)?),
@@ -147,9 +157,10 @@ impl SimHost {
         self.shared.xenstored.socket_path(domid)
     }
 
-    /// What every domain holds now.
+    /// What every domain holds now, and what XenStore holds of destroyed
+    /// domains.
     pub fn report(&self) -> HostReport {
-        self.shared.hv.lock().expect("hv lock").report()
+        report(&self.shared)
     }
 
     /// Creates a persistent domain `domid`, with no session: processes join
@@ -211,6 +222,14 @@ fn message(r: Reply) -> String {
         Reply::Errno { message, .. } | Reply::Status { message, .. } => message,
         other => format!("{other:?}"),
     }
+}
+
+fn report(shared: &Shared) -> HostReport {
+    // Under the hv lock, so that no domain is destroyed between the two.
+    let hv = shared.hv.lock().expect("hv lock");
+    let mut r = hv.report();
+    r.xenstore = shared.xenstored.leftovers();
+    r
 }
 
 fn create(shared: &Shared, domid: u16) -> Result<(), Reply> {
@@ -410,10 +429,7 @@ fn handle(shared: &Shared, id: u64, role: &mut Role, req: Request) -> (Reply, Ve
             return perm("this connection has joined already".into())
         }
         (_, Request::Report) => {
-            return (
-                Reply::Report(shared.hv.lock().expect("hv lock").report()),
-                Vec::new(),
-            );
+            return (Reply::Report(report(shared)), Vec::new());
         }
         (_, Request::Destroy { domid }) if dom0 => return errno_answer(destroy(shared, *domid)),
         (_, Request::CreateDomain { domid }) if dom0 => {

@@ -22,12 +22,20 @@
 //!   notify: write(eventfd) ------------------------------------> poll_event
 //! ```
 //!
-//! Nothing here is a security boundary (every domain can mmap all machine
-//! memory), but the host checks every rule Xen checks, refuses misuse with
-//! Xen's status codes, and reports per domain what is still granted, mapped
-//! or bound ([`HostReport`]) so that tests can assert nothing leaked.
+//! Nothing here is a security boundary between processes of one user: any
+//! process that can reach the control socket may join as any domain,
+//! dom0 included (so destroy domains and speak to XenStore as dom0), and
+//! every session holds a file descriptor of the whole machine memory
+//! (it maps only the frames the host hands it, but could map any). The
+//! sockets live in a folder only their user may write (`dir`), so other
+//! users stay out. Within that, the host checks every rule Xen checks,
+//! refuses misuse with Xen's status codes, and reports per domain what is
+//! still granted, mapped or bound, and what XenStore still holds of
+//! destroyed domains ([`HostReport`]), so that tests can assert nothing
+//! leaked.
 
 mod admin;
+mod dir;
 mod domain;
 mod handles;
 mod host;

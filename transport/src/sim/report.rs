@@ -2,8 +2,8 @@
 //! test can end by asserting that nothing leaked.
 //!
 //! What counts as a leak: anything a domain holds (frames, valid grants,
-//! grants mapped by peers, mappings, ports, unmap notifications) and any
-//! orphaned frame. A domain itself is not a leak: a persistent domain with
+//! grants mapped by peers, mappings, ports, unmap notifications), any
+//! orphaned frame, and any XenStore node left of a destroyed domain. A domain itself is not a leak: a persistent domain with
 //! no session and nothing held is just idle, and the resources of a
 //! session that ended are released with it, so what a dead session left
 //! (a grant a peer still maps, an orphaned frame) shows as held until it
@@ -107,6 +107,11 @@ pub struct HostReport {
     pub orphan_frames: u64,
     /// One entry per existing domain, by domid.
     pub domains: Vec<DomainReport>,
+    /// What the host's xenstored still holds of destroyed domains: their
+    /// `/local/domain/<domid>` nodes, nodes they own, permission entries
+    /// naming them (one line each). Destroying a domain removes all of
+    /// it, so anything here was written afterwards and is a leak.
+    pub xenstore: Vec<String>,
 }
 
 impl HostReport {
@@ -115,8 +120,9 @@ impl HostReport {
         self.domains.iter().find(|d| d.domid == domid)
     }
 
-    /// Domains that hold anything, and orphaned frames, as lines of text;
-    /// empty if nothing leaked. Domains that hold nothing are not listed,
+    /// Domains that hold anything, orphaned frames, and XenStore nodes
+    /// left of destroyed domains, as lines of text; empty if nothing
+    /// leaked. Domains that hold nothing are not listed,
     /// with or without sessions.
     pub fn leaks(&self) -> Vec<String> {
         let mut out: Vec<String> = self
@@ -128,6 +134,7 @@ impl HostReport {
         if self.orphan_frames != 0 {
             out.push(format!("{} orphaned frames", self.orphan_frames));
         }
+        out.extend(self.xenstore.iter().cloned());
         out
     }
 
@@ -154,6 +161,9 @@ impl fmt::Display for HostReport {
         )?;
         for d in &self.domains {
             writeln!(f, "  {d}")?;
+        }
+        for x in &self.xenstore {
+            writeln!(f, "  {x}")?;
         }
         Ok(())
     }

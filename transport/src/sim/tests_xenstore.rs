@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::abi::xs_wire::XsType;
+use crate::abi::xs_wire::{XsErrno, XsType};
 use crate::xenstore::codec::decode;
 use crate::xenstore::XsMsg;
 
@@ -176,5 +176,82 @@ fn a_domain_socket_speaks_for_that_domain() {
     let mut xs1 = Xs::connect(&h, 1);
     assert_eq!(xs1.call(XsType::Read, &["name"]).payload, b"domain-1");
     let r = xs1.call(XsType::Read, &["/local/domain/0/name"]);
-    assert_eq!(r.error_name(), Some(crate::abi::xs_wire::XsErrno::Eacces));
+    assert_eq!(r.error_name(), Some(XsErrno::Eacces));
+}
+
+#[test]
+fn a_destroyed_domain_leaves_no_home_and_its_domid_starts_afresh() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    h.create_domain(5).unwrap();
+    {
+        let mut xs5 = Xs::connect(&h, 5);
+        let r = xs5.call(XsType::Write, &["data/x", "v"]);
+        assert_eq!(r.payload, b"OK\0");
+    }
+    h.destroy_domain(5).unwrap();
+    for p in ["/local/domain/5", "/local/domain/5/name"] {
+        let r = xs.call(XsType::Read, &[p]);
+        assert_eq!(r.error_name(), Some(XsErrno::Enoent), "{p}");
+    }
+    h.report().assert_clean();
+
+    h.create_domain(5).unwrap();
+    let mut xs5 = Xs::connect(&h, 5);
+    assert_eq!(xs5.call(XsType::Read, &["name"]).payload, b"domain-5");
+    assert_eq!(xs5.call(XsType::Read, &["domid"]).payload, b"5");
+    assert_eq!(
+        xs5.call(XsType::Read, &["data/x"]).error_name(),
+        Some(XsErrno::Enoent)
+    );
+    h.destroy_domain(5).unwrap();
+    h.report().assert_clean();
+}
+
+#[test]
+fn the_report_names_xenstore_nodes_left_of_a_destroyed_domain() {
+    let (_d, h) = host();
+    let mut xs = Xs::connect(&h, 0);
+    h.create_domain(6).unwrap();
+    h.destroy_domain(6).unwrap();
+    // A dom0 writer recreates part of the dead domain's home.
+    let r = xs.call(XsType::Write, &["/local/domain/6/device/vif/0/state", "6"]);
+    assert_eq!(r.payload, b"OK\0");
+    let report = h.report();
+    let leaks = report.leaks();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert!(leaks[0].contains("/local/domain/6"), "{leaks:?}");
+    // The admin's report (what `xenring-sim report --check` reads) too.
+    let admin = SimAdmin::connect(h.control_path()).unwrap();
+    assert_eq!(admin.report().unwrap().leaks(), leaks);
+    assert!(report.to_string().contains("/local/domain/6"), "{report}");
+    xs.call(XsType::Rm, &["/local/domain/6"]);
+    h.report().assert_clean();
+}
+
+#[test]
+fn the_socket_folder_is_private_and_a_shared_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let t = tempfile::tempdir().unwrap();
+    // A folder the host makes is its user's alone, and so is xenstore/.
+    let mine = t.path().join("sim");
+    let h = SimHost::start(mine.join("control.sock"), HostConfig::default()).unwrap();
+    assert_eq!(mode(&mine), 0o700);
+    assert_eq!(mode(&mine.join("xenstore")), 0o700);
+    assert_eq!(mode(&mine.join("control.sock")), 0o600);
+    h.shutdown();
+    // One someone left open (as /tmp/xenring-sim-<uid> made by another
+    // user with mode 0777 would be) is refused, and left as it was.
+    let open = t.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = SimHost::start(open.join("control.sock"), HostConfig::default()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("mode 0777"), "{e}");
+    assert!(!open.join("control.sock").exists());
+    assert_eq!(mode(&open), 0o777);
+    // Clients refuse to connect through such a folder too.
+    let e = SimAdmin::connect(open.join("control.sock")).unwrap_err();
+    assert!(e.to_string().contains("mode 0777"), "{e}");
 }

@@ -435,6 +435,10 @@ impl Reply {
                         .u32(d.ports)
                         .u32(d.notifies);
                 }
+                w.u32(rep.xenstore.len() as u32);
+                for x in &rep.xenstore {
+                    w.str(x);
+                }
                 &mut w
             }
             Reply::Path { path } => w.u8(10).str(path),
@@ -498,10 +502,13 @@ impl Reply {
                         notifies: r.u32()?,
                     });
                 }
+                let n = r.count(4)?;
+                let xenstore = (0..n).map(|_| r.str()).collect::<io::Result<_>>()?;
                 Reply::Report(HostReport {
                     free_frames,
                     orphan_frames,
                     domains,
+                    xenstore,
                 })
             }
             10 => Reply::Path { path: r.str()? },
@@ -691,6 +698,7 @@ mod tests {
                     ports: 7,
                     notifies: 8,
                 }],
+                xenstore: vec!["xenstore: /local/domain/3 (1 nodes)".into()],
             }),
             Reply::Path {
                 path: "/run/x/1.sock".into(),

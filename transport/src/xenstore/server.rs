@@ -221,6 +221,11 @@ impl Xenstored {
         self.inner.deliver(&mut store, events);
     }
 
+    /// What is left of released domains ([`Store::leftovers`]).
+    pub fn leftovers(&self) -> Vec<String> {
+        lock(&self.inner.store).leftovers()
+    }
+
     /// Whether `domid` is introduced.
     pub fn is_introduced(&self, domid: u16) -> bool {
         lock(&self.inner.store).is_introduced(domid)

@@ -389,6 +389,7 @@ impl Hypervisor {
             })
             .collect();
         HostReport {
+            xenstore: Vec::new(),
             free_frames: self.free.len() as u64,
             orphan_frames: self.frames.iter().filter(|f| f.orphan).count() as u64,
             domains,

@@ -3,7 +3,7 @@
 //! every operation shares (C xenstored's `get_node()`, `errno_from_parents()`,
 //! `construct_node()`, `create_node()` and the node removal walk).
 
-use super::path::{basename, join, parent};
+use super::path::{basename, join, parent, resolve, Resolved};
 use super::tree::{access_for, Access, Node, Tree, PRIV_DOMID};
 use super::txn::Txn;
 use super::watch::{Change, Match};
@@ -46,6 +46,13 @@ impl<'a> Db<'a> {
     /// The quotas.
     pub fn quotas(&self) -> &Quotas {
         self.quotas
+    }
+
+    /// `raw` validated and resolved for the requester, within its path
+    /// length limit.
+    pub fn resolve(&self, raw: &[u8], allow_special: bool) -> Result<Resolved, XsErrno> {
+        let max = self.quotas.path_limit(self.privileged());
+        resolve(self.domid, raw, allow_special, max)
     }
 
     /// The node at `path` as this request sees it. In a transaction the

@@ -11,11 +11,19 @@
 //! * introducing a domain creates `/local/domain/<domid>` (owned by dom0,
 //!   readable by the domain) with `name` and `domid`, and the domain's own
 //!   writable `device`, `data`, `control` and `error` (as the toolstack
-//!   would), then fires `@introduceDomain` (not for dom0);
+//!   would), then fires `@introduceDomain` (not for dom0). Nodes of the
+//!   home that exist already (dom0 prepared them, as libxl does) keep
+//!   their values and get those permissions;
 //! * releasing a domain drops its connections' watches and transactions,
-//!   removes every node it owns (with everything below, firing watches),
-//!   removes it from other nodes' permission lists, then fires
-//!   `@releaseDomain`.
+//!   removes its home `/local/domain/<domid>` (as the toolstack does on
+//!   destroy: C xenstored leaves that to libxl) and every other node it
+//!   owns (with everything below, firing watches), removes it from other
+//!   nodes' permission lists, then fires `@releaseDomain`. A special node
+//!   it owned goes back to dom0 (C moves orphans to dom0) rather than
+//!   disappearing;
+//! * [`leftovers`] names what is still there of a released domain.
+
+use std::collections::BTreeSet;
 
 use super::path::{basename, home, is_below, join, parent};
 use super::tree::{Node, Tree, PRIV_DOMID};
@@ -39,10 +47,21 @@ fn priv_only() -> Vec<Perm> {
     vec![Perm::new(PRIV_DOMID, PermAccess::None)]
 }
 
-/// Creates `path` (whose parent exists) unless it exists; records the
-/// change.
+/// Creates `path` (whose parent exists) unless it exists, and gives it
+/// `perms` if it exists with others (its value stays); records the change.
 fn ensure(tree: &mut Tree, path: &str, value: &[u8], perms: Vec<Perm>, changes: &mut Vec<Change>) {
-    if tree.get(path).is_some() {
+    if let Some(n) = tree.get(path) {
+        if n.perms != perms {
+            let mut n = n.clone();
+            let old = std::mem::replace(&mut n.perms, perms.clone());
+            tree.insert(path, n);
+            changes.push(Change {
+                path: path.to_string(),
+                kind: Match::Subtree,
+                node: Some(perms),
+                old: Some(old),
+            });
+        }
         return;
     }
     if !path.starts_with('@') {
@@ -64,6 +83,13 @@ fn ensure(tree: &mut Tree, path: &str, value: &[u8], perms: Vec<Perm>, changes: 
     });
 }
 
+/// Creates `path` (whose parent exists) as dom0's, if missing.
+fn ensure_missing(tree: &mut Tree, path: &str, changes: &mut Vec<Change>) {
+    if tree.get(path).is_none() {
+        ensure(tree, path, b"", priv_only(), changes);
+    }
+}
+
 /// The tree a fresh store starts with.
 pub(super) fn initial_tree() -> Tree {
     let mut t = Tree::new();
@@ -77,9 +103,14 @@ pub(super) fn initial_tree() -> Tree {
     t
 }
 
-/// Creates the missing nodes of `domid`'s home.
+/// Creates the missing nodes of `domid`'s home (and its missing
+/// parents, should dom0 have removed `/local/domain`), and repairs the
+/// permissions of those that exist.
 pub(super) fn create_home(tree: &mut Tree, domid: u16) -> Vec<Change> {
     let mut changes = Vec::new();
+    for p in ["/local", "/local/domain"] {
+        ensure_missing(tree, p, &mut changes);
+    }
     let h = home(domid);
     let mut perms = vec![Perm::new(PRIV_DOMID, PermAccess::None)];
     if domid != PRIV_DOMID {
@@ -122,16 +153,39 @@ pub(super) fn special_changes(tree: &Tree, special: &str, domid: u16) -> Vec<Cha
         .collect()
 }
 
-/// Removes what `domid` owns and its entries in other nodes' permissions
-/// (C's `domain_tree_remove()`). The changes, in firing order.
+/// Removes `domid`'s home, what else it owns, and its entries in other
+/// nodes' permissions (C's `domain_tree_remove()`, plus the toolstack's
+/// removal of the home). The changes, in firing order.
 pub(super) fn remove_domain_nodes(tree: &mut Tree, domid: u16, quotas: &Quotas) -> Vec<Change> {
     let mut changes = Vec::new();
+    let h = home(domid);
+    if tree.get(&h).is_some() {
+        let mut db = super::db::Db::new(tree, None, PRIV_DOMID, quotas);
+        if db.remove_tree(&h).is_ok() {
+            changes.extend(db.into_changes());
+        }
+    }
     let mut removed_roots: Vec<String> = Vec::new();
     for p in tree.paths() {
         if removed_roots.iter().any(|r| is_below(&p, r)) {
             continue;
         }
         let Some(n) = tree.get(&p) else { continue };
+        if n.owner() == domid && p.starts_with('@') {
+            let mut n = n.clone();
+            let old = n.perms.clone();
+            n.perms[0].domid = PRIV_DOMID;
+            n.perms.retain(|e| e.domid != domid);
+            let perms = n.perms.clone();
+            tree.insert(&p, n);
+            changes.push(Change {
+                path: p.clone(),
+                kind: Match::Exact,
+                node: Some(perms),
+                old: Some(old),
+            });
+            continue;
+        }
         if n.owner() == domid && p != "/" {
             let mut db = super::db::Db::new(tree, None, PRIV_DOMID, quotas);
             if db.remove_tree(&p).is_ok() {
@@ -149,6 +203,46 @@ pub(super) fn remove_domain_nodes(tree: &mut Tree, domid: u16, quotas: &Quotas) 
         }
     }
     changes
+}
+
+/// What is left in `tree` of the domains in `released`, one line each: a
+/// home (`/local/domain/<domid>`, counted with everything below it), a
+/// node such a domain owns, or a node whose permissions name one.
+pub fn leftovers(tree: &Tree, released: &BTreeSet<u16>) -> Vec<String> {
+    let mut out = Vec::new();
+    let paths = tree.paths();
+    for &d in released {
+        let h = home(d);
+        let below = paths.iter().filter(|p| is_below(p, &h)).count();
+        if below > 0 {
+            out.push(format!(
+                "xenstore: {h} ({below} nodes) is still there, but domain {d} was released"
+            ));
+        }
+    }
+    for p in &paths {
+        let Some(n) = tree.get(p) else { continue };
+        let Some(d) = n
+            .perms
+            .iter()
+            .map(|e| e.domid)
+            .find(|d| released.contains(d))
+        else {
+            continue;
+        };
+        if is_below(p, &home(d)) {
+            continue;
+        }
+        out.push(format!(
+            "xenstore: {p} has permissions {} naming domain {d}, which was released",
+            n.perms
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    out
 }
 
 /// What CONTROL answers to `args` (the command, then its parameters).

@@ -13,8 +13,12 @@
 //! | `ops` | READ, WRITE, MKDIR, RM, DIRECTORY(_PART), GET/SET_PERMS |
 //! | `txn` | transactions: per-node generations, `EAGAIN` on conflict |
 //! | `watch` | watches and which events a change fires |
-//! | `domain` | initial tree, INTRODUCE/RELEASE, special watches, CONTROL |
-//! | `dispatch` | [`Store`]: dispatch, connections, replies |
+//! | `domain` | initial tree, INTRODUCE/RELEASE (homes made and removed), special watches, leftovers, CONTROL |
+//! | `dispatch` | [`Store`]: dispatch, connections, replies, GET/SET_FEATURE, GET/SET_QUOTA |
+//!
+//! Quotas: the global [`Quotas`] are what a domain starts with when it is
+//! introduced; SET_QUOTA changes the global ones (for domains introduced
+//! later) or one domain's ([`Store::quotas_for`]), as C xenstored does.
 //!
 //! Replies always come before the events of the same request in an
 //! [`Outcome`] (a WATCH's acknowledgement precedes its first event). C
@@ -32,6 +36,8 @@ mod watch;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_parity;
 #[cfg(test)]
 mod tests_txn;
 
@@ -116,6 +122,14 @@ pub struct Quotas {
     pub permissions: u32,
     /// Nodes one transaction may touch (`transaction-nodes`, 1024).
     pub transaction_nodes: u32,
+    /// Longest path an unprivileged domain may name, counted without the
+    /// `/local/domain/<domid>/` prefix (`path-max`, 2048). It can only
+    /// tighten the protocol's limit ([`XENSTORE_REL_PATH_MAX`], which
+    /// binds every domain, dom0 included): a value of 0 or above 2048
+    /// leaves 2048.
+    ///
+    /// [`XENSTORE_REL_PATH_MAX`]: crate::abi::xs_wire::XENSTORE_REL_PATH_MAX
+    pub path_max: u32,
 }
 
 impl Default for Quotas {
@@ -128,14 +142,16 @@ impl Default for Quotas {
             node_size: 2048,
             permissions: 5,
             transaction_nodes: 1024,
+            path_max: 2048,
         }
     }
 }
 
 impl Quotas {
-    /// Name (as C xenstored's `quota` control command calls it), value and
-    /// description of each limit.
-    pub fn entries(&self) -> [(&'static str, u32, &'static str); 7] {
+    /// Name (as C xenstored's `quota` control command and GET_QUOTA /
+    /// SET_QUOTA call it), value and description of each limit, in C
+    /// xenstored's order (which lacks only its `memory` quota here).
+    pub fn entries(&self) -> [(&'static str, u32, &'static str); 8] {
         [
             ("nodes", self.nodes, "Nodes per domain"),
             ("watches", self.watches, "Watches per domain"),
@@ -159,8 +175,38 @@ impl Quotas {
                 self.permissions,
                 "Max. number of permissions per node",
             ),
+            ("path-max", self.path_max, "Max. length of a node path"),
             ("node-size", self.node_size, "Max. size of a node"),
         ]
+    }
+
+    /// The longest path (counted as `path::counted_len` does) a domain may
+    /// name: the protocol's [`XENSTORE_REL_PATH_MAX`] for everyone, or a
+    /// smaller non-zero `path_max` for an unprivileged domain.
+    ///
+    /// [`XENSTORE_REL_PATH_MAX`]: crate::abi::xs_wire::XENSTORE_REL_PATH_MAX
+    pub(crate) fn path_limit(&self, privileged: bool) -> usize {
+        let proto = crate::abi::xs_wire::XENSTORE_REL_PATH_MAX;
+        match self.path_max as usize {
+            q if !privileged && q > 0 && q < proto => q,
+            _ => proto,
+        }
+    }
+
+    /// The limit named `name` (as [`Quotas::entries`] names them), for
+    /// SET_QUOTA.
+    pub(crate) fn get_mut(&mut self, name: &[u8]) -> Option<&mut u32> {
+        Some(match name {
+            b"nodes" => &mut self.nodes,
+            b"watches" => &mut self.watches,
+            b"outstanding" => &mut self.outstanding,
+            b"transactions" => &mut self.transactions,
+            b"transaction-nodes" => &mut self.transaction_nodes,
+            b"node-permissions" => &mut self.permissions,
+            b"path-max" => &mut self.path_max,
+            b"node-size" => &mut self.node_size,
+            _ => return None,
+        })
     }
 
     /// The text of the `quota` control command.

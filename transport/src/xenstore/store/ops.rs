@@ -10,7 +10,8 @@
 //! `GET_PERMS <path>|` -> `<perm>|+`, `SET_PERMS <path>|<perm>|+`.
 
 use super::db::Db;
-use super::path::{parent, resolve, Resolved};
+use super::domain::{INTRODUCE_DOMAIN, RELEASE_DOMAIN};
+use super::path::{parent, Resolved};
 use super::tree::{perms_payload, Access};
 use super::watch::{Change, Match};
 use crate::abi::xs_wire::{XsErrno, XENSTORE_PAYLOAD_MAX};
@@ -37,7 +38,7 @@ pub(super) fn strings(payload: &[u8]) -> Vec<&[u8]> {
 }
 
 fn path_arg(db: &Db<'_>, payload: &[u8], special: bool) -> Result<Resolved, XsErrno> {
-    resolve(db.domid, onearg(payload)?, special)
+    db.resolve(onearg(payload)?, special)
 }
 
 /// READ.
@@ -74,7 +75,7 @@ pub(super) fn write(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsErrno>
         .iter()
         .position(|b| *b == 0)
         .ok_or(XsErrno::Einval)?;
-    let p = resolve(db.domid, &payload[..nul], false)?;
+    let p = db.resolve(&payload[..nul], false)?;
     let value = payload[nul + 1..].to_vec();
     match db.get(&p.abs)? {
         Some(mut n) => {
@@ -138,7 +139,7 @@ pub(super) fn directory_part(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>,
     if args.len() != 2 || payload.last() != Some(&0) {
         return Err(XsErrno::Einval);
     }
-    let p = resolve(db.domid, args[0], false)?;
+    let p = db.resolve(args[0], false)?;
     let off: usize = std::str::from_utf8(args[1])
         .ok()
         .and_then(|s| s.parse().ok())
@@ -178,9 +179,18 @@ pub(super) fn get_perms(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsEr
     Ok(perms_payload(&db.get_checked(&p.abs, Access::READ)?.perms))
 }
 
-/// SET_PERMS (special paths allowed): only the owner (or the privileged
-/// domain) may; only the privileged domain may change the owner (`EPERM`).
-pub(super) fn set_perms(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsErrno> {
+/// SET_PERMS: only the owner (or the privileged domain) may; only the
+/// privileged domain may change the owner (`EPERM`). As C xenstored: an
+/// owner entry naming a domain that does not exist (`exists` says which
+/// do) is `ENOENT`, for dom0 too, before the path is looked at; of the
+/// special paths only `@introduceDomain` and `@releaseDomain` have
+/// permissions to set, any other `@...` is `EINVAL` (C 4.17's
+/// `set_perms_special()`).
+pub(super) fn set_perms(
+    db: &mut Db<'_>,
+    payload: &[u8],
+    exists: impl Fn(u16) -> bool,
+) -> Result<Vec<u8>, XsErrno> {
     let args = strings(payload);
     if args.len() < 2 {
         return Err(XsErrno::Einval);
@@ -198,7 +208,13 @@ pub(super) fn set_perms(db: &mut Db<'_>, payload: &[u8]) -> Result<Vec<u8>, XsEr
                 .ok_or(XsErrno::Einval)
         })
         .collect::<Result<Vec<Perm>, XsErrno>>()?;
-    let p = resolve(db.domid, args[0], true)?;
+    if !exists(perms[0].domid) {
+        return Err(XsErrno::Enoent);
+    }
+    let p = db.resolve(args[0], true)?;
+    if p.abs.starts_with('@') && p.abs != INTRODUCE_DOMAIN && p.abs != RELEASE_DOMAIN {
+        return Err(XsErrno::Einval);
+    }
     let mut node = db.get_checked(&p.abs, Access::OWN)?;
     if !db.privileged() && perms[0].domid != node.owner() {
         return Err(XsErrno::Eperm);

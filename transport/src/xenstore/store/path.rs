@@ -6,9 +6,14 @@
 //!
 //! Rules (docs/misc/xenstore.txt; `canonicalize()` in C xenstored's core.c):
 //! only `A-Za-z0-9-/_@`, no `//`, no trailing `/` except the root itself,
-//! not empty. Lengths: at most [`XENSTORE_ABS_PATH_MAX`] bytes for an
-//! absolute path and [`XENSTORE_REL_PATH_MAX`] for a relative one, as the
-//! client sent it. Anything else is `EINVAL`, as in C xenstored.
+//! not empty. Length: the path, absolute or resolved, without a leading
+//! `/local/domain/<domid>/` (any domid: C's `sscanf("/local/domain/%5u/")`),
+//! may not exceed the caller's limit: [`XENSTORE_REL_PATH_MAX`] (2048)
+//! for every domain, dom0 included, as C xenstored 4.17
+//! (`is_valid_nodename()`) and oxenstored do, or a domU's smaller
+//! `path-max` quota. So an absolute path of 2049 to 3072 bytes outside a
+//! home is refused even from dom0 ([`XENSTORE_ABS_PATH_MAX`] is never
+//! reached). Anything else is `EINVAL`, as in C xenstored.
 
 use crate::abi::xs_wire::{XsErrno, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX};
 
@@ -33,8 +38,34 @@ fn valid_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_' | b'@')
 }
 
-/// Validates `raw` (without its NUL) and resolves it for `domid`.
-pub(super) fn resolve(domid: u16, raw: &[u8], allow_special: bool) -> Result<Resolved, XsErrno> {
+/// The length of `abs` that counts against the path limit: without a
+/// leading `/local/domain/<domid>/`, where `<domid>` is what C's `%5u`
+/// takes (at most 5 characters: an optional `-`, then digits).
+pub(super) fn counted_len(abs: &str) -> usize {
+    let Some(rest) = abs.strip_prefix("/local/domain/") else {
+        return abs.len();
+    };
+    let b = rest.as_bytes();
+    let sign = usize::from(b.first() == Some(&b'-'));
+    let digits = b[sign..]
+        .iter()
+        .take(5 - sign)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    match b.get(sign + digits) {
+        Some(b'/') if digits > 0 => abs.len() - ("/local/domain/".len() + sign + digits + 1),
+        _ => abs.len(),
+    }
+}
+
+/// Validates `raw` (without its NUL) and resolves it for `domid`; the
+/// counted length ([`counted_len`]) may not exceed `max_len`.
+pub(super) fn resolve(
+    domid: u16,
+    raw: &[u8],
+    allow_special: bool,
+    max_len: usize,
+) -> Result<Resolved, XsErrno> {
     if raw.is_empty() || !raw.iter().all(|b| valid_char(*b)) {
         return Err(XsErrno::Einval);
     }
@@ -57,7 +88,7 @@ pub(super) fn resolve(domid: u16, raw: &[u8], allow_special: bool) -> Result<Res
             (format!("{h}/{s}"), prefix)
         }
     };
-    if (abs.ends_with('/') && abs != "/") || abs.contains("//") {
+    if (abs.ends_with('/') && abs != "/") || abs.contains("//") || counted_len(&abs) > max_len {
         return Err(XsErrno::Einval);
     }
     Ok(Resolved { abs, prefix })
@@ -114,6 +145,12 @@ pub(super) fn parse_domid(raw: &[u8]) -> Result<u16, XsErrno> {
 mod tests {
     use super::*;
 
+    const M: usize = XENSTORE_REL_PATH_MAX;
+
+    fn resolve(domid: u16, raw: &[u8], special: bool) -> Result<Resolved, XsErrno> {
+        super::resolve(domid, raw, special, M)
+    }
+
     #[test]
     fn absolute_relative_and_special() {
         assert_eq!(
@@ -148,11 +185,32 @@ mod tests {
         }
         let long_abs = format!("/{}", "a".repeat(XENSTORE_ABS_PATH_MAX));
         assert_eq!(resolve(0, long_abs.as_bytes(), false), Err(XsErrno::Einval));
-        let ok_abs = format!("/{}", "a".repeat(XENSTORE_ABS_PATH_MAX - 1));
+        let ok_abs = format!("/{}", "a".repeat(M - 1));
         assert!(resolve(0, ok_abs.as_bytes(), false).is_ok());
+        let over = format!("/{}", "a".repeat(M));
+        assert_eq!(resolve(0, over.as_bytes(), false), Err(XsErrno::Einval));
+        let in_home = format!("/local/domain/12345/{}", "a".repeat(M));
+        assert!(resolve(0, in_home.as_bytes(), false).is_ok());
+        assert_eq!(
+            super::resolve(1, b"abcdef", false, 5),
+            Err(XsErrno::Einval),
+            "a smaller limit"
+        );
         let long_rel = "a".repeat(XENSTORE_REL_PATH_MAX + 1);
         assert_eq!(resolve(0, long_rel.as_bytes(), false), Err(XsErrno::Einval));
         assert!(resolve(0, &long_rel.as_bytes()[1..], false).is_ok());
+    }
+
+    #[test]
+    fn counted_length_skips_what_percent_5u_takes() {
+        assert_eq!(counted_len("/local/domain/1/ab"), 2);
+        assert_eq!(counted_len("/local/domain/65535/ab"), 2);
+        assert_eq!(counted_len("/local/domain/-1/ab"), 2);
+        assert_eq!(counted_len("/local/domain/123456/ab"), 23, "6 digits");
+        assert_eq!(counted_len("/local/domain/1"), 15, "no slash after");
+        assert_eq!(counted_len("/local/domain/x/ab"), 18);
+        assert_eq!(counted_len("/tool/x"), 7);
+        assert_eq!(counted_len("@releaseDomain"), 14);
     }
 
     #[test]

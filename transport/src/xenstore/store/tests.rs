@@ -599,9 +599,9 @@ fn release_removes_owned_nodes_and_ends_watches_and_transactions() {
     );
     assert!(!evs.iter().any(|e| e.conn == ConnId(21)), "{evs:?}");
     assert_eq!(t.read(0, "/local/domain/1/data"), Err(XsErrno::Enoent));
-    assert_eq!(t.read(0, "/local/domain/1/name").unwrap(), "domain-1");
+    assert_eq!(t.read(0, "/local/domain/1/name"), Err(XsErrno::Enoent));
     assert_eq!(t.perms(0, "/shared").unwrap(), b"n0\0b2\0");
-    assert_eq!(t.perms(0, "/local/domain/1").unwrap(), b"n0\0");
+    assert_eq!(t.perms(0, "/local/domain/1"), Err(XsErrno::Enoent));
     assert_eq!(
         t.res(21, 1, XsType::Read, 1, &z(&["domid"])),
         Err(XsErrno::Enoent)
