@@ -64,6 +64,8 @@ pub struct SimHost {
     path: PathBuf,
     listener: OwnedFd,
     accept: Option<JoinHandle<()>>,
+    /// Held while the host runs (`<socket>.lock`): one host per socket.
+    _lock: crate::instance::InstanceLock,
 }
 
 /// Environment variable naming the control socket, for domain processes.
@@ -89,12 +91,25 @@ pub fn default_socket_path() -> PathBuf {
 impl SimHost {
     /// Starts a host whose control socket is `socket` (an existing stale
     /// socket file there is replaced), with its xenstored's sockets in the
-    /// directory `xenstore/` beside it.
+    /// directory `xenstore/` beside it. Refused (`AddrInUse`, "... is
+    /// already served by pid N") while another host serves that socket:
+    /// the host holds the lock `<socket>.lock` while it runs.
     pub fn start(socket: impl AsRef<Path>, cfg: HostConfig) -> io::Result<SimHost> {
         let path = socket.as_ref().to_path_buf();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // One host per control socket: a second one would take the socket
+        // from under the first one's processes.
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock = crate::instance::InstanceLock::acquire(&lock_path).map_err(|e| match e {
+            crate::instance::InstanceLockError::Held { .. } => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("the simulated host at {} is {e}", path.display()),
+            ),
+            crate::instance::InstanceLockError::Io { error, .. } => error,
+        })?;
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -132,6 +147,7 @@ impl SimHost {
             path,
             listener,
             accept: Some(accept),
+            _lock: lock,
         })
     }
 
