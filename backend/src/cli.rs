@@ -66,7 +66,9 @@ async fn run(args: Args) -> Result<(), String> {
             _ => unreachable!("device kinds are checked above"),
         }
     }
-    let d = daemon(xs, platform, devices).with_grace(Duration::from_millis(args.grace_ms));
+    let d = daemon(xs, platform, devices)
+        .with_grace(Duration::from_millis(args.grace_ms))
+        .with_lock_dir(args.common.lock_dir());
     let stats = d.run(shutdown).await.map_err(|e| e.to_string())?;
     tracing::info!(?stats, "backend daemon stopped");
     // The summary on stdout, for whoever started us (the demo reads it).

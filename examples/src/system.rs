@@ -28,13 +28,17 @@ use xenring::xenbus::{
 };
 use xenring::xenstore::XsClient;
 
-/// Runs the daemon named by `args[0]` (`backend` or `frontend`) with the
-/// rest of `args`; the programs a [`System`] spawns call this.
+/// Runs the daemon named by `args[1]` (`backend` or `frontend`) with the
+/// rest of `args`, or a host in a process of its own (`host`); the
+/// programs a [`System`] spawns call this.
 pub fn node_main(args: Vec<String>) -> std::process::ExitCode {
     use clap::Parser;
     let mut it = args.into_iter();
     let prog = it.next().unwrap_or_default();
     let role = it.next().unwrap_or_default();
+    if role == "host" {
+        return host_main(it.collect());
+    }
     let rest = std::iter::once(format!("{prog} {role}")).chain(it);
     match role.as_str() {
         "backend" => xenring_backend::cli::main_with(xenring_backend::cli::Args::parse_from(rest)),
@@ -42,9 +46,41 @@ pub fn node_main(args: Vec<String>) -> std::process::ExitCode {
             xenring_frontend::cli::main_with(xenring_frontend::cli::Args::parse_from(rest))
         }
         other => {
-            eprintln!("{prog}: unknown role {other:?} (backend or frontend)");
+            eprintln!("{prog}: unknown role {other:?} (backend, frontend or host)");
             std::process::ExitCode::from(2)
         }
+    }
+}
+
+/// `host SOCKET DOMID...`: a simulated host in a process of its own (so a
+/// test can `kill -9` it), with the domains named created; prints `ready`
+/// and serves until killed.
+fn host_main(args: Vec<String>) -> std::process::ExitCode {
+    let Some((socket, domids)) = args.split_first() else {
+        eprintln!("usage: host SOCKET DOMID...");
+        return std::process::ExitCode::from(2);
+    };
+    let host = match SimHost::start(socket, HostConfig::default()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("host: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    for d in domids {
+        if let Err(e) = d
+            .parse::<u16>()
+            .map_err(|e| e.to_string())
+            .and_then(|d| host.create_domain(d).map(|_| d).map_err(|e| e.to_string()))
+            .and_then(|d| host.xenstore_path(d).map_err(|e| e.to_string()))
+        {
+            eprintln!("host: domain {d}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    println!("ready");
+    loop {
+        std::thread::park();
     }
 }
 
@@ -59,6 +95,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon this process started itself (`child`, logging to `log`).
+    pub fn from_child(name: String, child: Child, log: PathBuf) -> Daemon {
+        Daemon {
+            name,
+            child,
+            log,
+            out: None,
+        }
+    }
+
     /// What it printed on stdout so far (its summary lines on exit).
     pub fn out(&self) -> String {
         self.out

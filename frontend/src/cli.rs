@@ -75,7 +75,9 @@ async fn run(args: Args) -> Result<(), String> {
             }
         }
     }
-    let d = daemon(xs, platform, devices).with_grace(Duration::from_millis(args.grace_ms));
+    let d = daemon(xs, platform, devices)
+        .with_grace(Duration::from_millis(args.grace_ms))
+        .with_lock_dir(args.common.lock_dir());
     let stats = d.run(shutdown).await.map_err(|e| e.to_string())?;
     tracing::info!(?stats, "frontend daemon stopped");
     // The summary on stdout, for whoever started us (the demo reads it).

@@ -7,6 +7,7 @@
 //! | [`abi`] | typed views over every shared binary format |
 //! | [`chan`] | many byte-stream channels multiplexed over one vchan, and the Unix/TCP socket proxy over them |
 //! | [`shm`] | mapped shared memory (one of two modules with `unsafe`) |
+//! | [`instance`] | one instance at a time: the lock files of the simulated host and the daemons |
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
 //! | [`platform`] | the small traits all protocol code is written against |
 //! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
@@ -21,6 +22,7 @@
 pub mod abi;
 pub mod chan;
 pub mod grant;
+pub mod instance;
 pub mod platform;
 pub mod ring;
 pub mod rxpool;

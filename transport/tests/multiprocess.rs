@@ -412,3 +412,70 @@ fn a_killed_ring_backend_process_fails_the_frontend_process_with_peer_death() {
     assert!(report.domains.is_empty(), "domains left: {report}");
     report.assert_clean();
 }
+
+#[test]
+fn a_second_host_on_the_same_socket_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let mut first = sim(&socket)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    // Before: the second host replaced the socket and the first one's
+    // domains were cut off from it.
+    let mut second = sim(&socket)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = second.kill();
+            let _ = second.wait();
+            let _ = first.kill();
+            panic!("a second host started on the same socket and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "a second host started: {err}");
+    assert!(
+        err.contains(&format!("already served by pid {}", first.id())),
+        "{err}"
+    );
+    // The first host still answers on its socket.
+    let out = sim(&socket).arg("domains").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = rustix::process::Pid::from_raw(first.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    first.wait().unwrap();
+    // A killed host's lock goes with it: a new host starts.
+    let mut third = sim(&socket)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(third.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    third.kill().unwrap();
+    third.wait().unwrap();
+}

@@ -307,4 +307,13 @@ pub trait Platform: Send + Sync + Debug {
     fn alloc_unbound_port(&self, remote: DomId) -> Result<Box<dyn EventChannel>>;
     /// Binds to `remote`'s unbound port `remote_port`.
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> Result<Box<dyn EventChannel>>;
+    /// Resolves, with the reason, when this platform handle can no longer
+    /// work: its domain was destroyed or its host went away. A daemon
+    /// selects on it and exits with that error instead of idling or
+    /// retrying forever. The default never resolves: on real Xen a
+    /// domain's processes go with the domain. Must be polled inside a
+    /// tokio runtime.
+    fn ended(&self) -> futures::future::BoxFuture<'static, PlatformError> {
+        Box::pin(std::future::pending())
+    }
 }

@@ -298,6 +298,67 @@ impl SimDomain {
         let _ = shutdown(&*conn, Shutdown::Both);
     }
 
+    /// Waits until the host ends this session, and says why: the host
+    /// sends a last message when it destroys the domain ("domain N has
+    /// been destroyed") or stops ("the simulated host has stopped"), and
+    /// the connection simply closes when the host process dies. Anything
+    /// readable on the connection while no call is under way is one of
+    /// these (the host sends nothing unasked), so readiness is checked
+    /// under the connection's lock, which every call holds from its request
+    /// to its reply. Must be polled inside a tokio runtime.
+    pub async fn ended(&self) -> PlatformError {
+        let what = |e: std::io::Error| PlatformError::Io {
+            what: format!(
+                "watching domain {}'s connection to the simulated host",
+                self.inner.domid
+            ),
+            source: e,
+        };
+        let dup = match self.inner.conn.lock().expect("conn lock").try_clone() {
+            Ok(fd) => fd,
+            Err(e) => return what(e),
+        };
+        let afd = match crate::shm::register_async_fd(dup, tokio::io::Interest::READABLE) {
+            Ok(a) => a,
+            Err(e) => return what(e),
+        };
+        loop {
+            let mut ready = match afd.readable().await {
+                Ok(r) => r,
+                Err(e) => return what(e),
+            };
+            let conn = self.inner.conn.lock().expect("conn lock");
+            let mut fds = [PollFd::new(&*conn, PollFlags::IN)];
+            let zero = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let unasked = matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0);
+            if !unasked {
+                // A call's reply made it readable, and the call took it.
+                drop(conn);
+                ready.clear_ready();
+                continue;
+            }
+            let why = match farewell(&conn) {
+                Some(r) => reply_error(r),
+                None => PlatformError::Io {
+                    what: format!(
+                        "domain {}'s connection to the simulated host",
+                        self.inner.domid
+                    ),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the simulated host closed it without a word (was it killed?)",
+                    ),
+                },
+            };
+            drop(conn);
+            tracing::debug!(domid = self.inner.domid, error = %why, "session ended by the host");
+            return why;
+        }
+    }
+
     /// [`Platform::map_grants`], returning the concrete mapping (whose
     /// [`SimMapping::handle`] tests can use).
     pub fn map(&self, peer: DomId, refs: &[GrantRef], access: Access) -> Result<SimMapping> {
@@ -532,6 +593,11 @@ impl SimDomain {
 impl Platform for SimDomain {
     fn domid(&self) -> DomId {
         self.inner.domid
+    }
+
+    fn ended(&self) -> futures::future::BoxFuture<'static, PlatformError> {
+        let me = self.clone();
+        Box::pin(async move { me.ended().await })
     }
 
     fn name(&self) -> &'static str {

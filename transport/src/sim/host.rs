@@ -66,6 +66,8 @@ pub struct SimHost {
     path: PathBuf,
     listener: OwnedFd,
     accept: Option<JoinHandle<()>>,
+    /// Held while the host runs (`<socket>.lock`): one host per socket.
+    _lock: crate::instance::InstanceLock,
 }
 
 /// Environment variable naming the control socket, for domain processes.
@@ -93,7 +95,9 @@ pub fn default_socket_path() -> PathBuf {
 impl SimHost {
     /// Starts a host whose control socket is `socket` (an existing stale
     /// socket file there is replaced), with its xenstored's sockets in the
-    /// directory `xenstore/` beside it.
+    /// directory `xenstore/` beside it. Refused (`AddrInUse`, "... is
+    /// already served by pid N") while another host serves that socket:
+    /// the host holds the lock `<socket>.lock` while it runs.
     ///
     /// The socket's folder must be the user's: it is created with mode
     /// 0700, and an existing one that is not a real directory of this
@@ -103,6 +107,17 @@ impl SimHost {
     pub fn start(socket: impl AsRef<Path>, cfg: HostConfig) -> io::Result<SimHost> {
         let path = socket.as_ref().to_path_buf();
         make_private_dir(path.parent().unwrap_or(Path::new("")))?;
+        // One host per control socket: a second one would take the socket
+        // from under the first one's processes.
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock = crate::instance::InstanceLock::acquire(&lock_path).map_err(|e| match e {
+            crate::instance::InstanceLockError::Held { .. } => io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("the simulated host at {} is {e}", path.display()),
+            ),
+            crate::instance::InstanceLockError::Io { error, .. } => error,
+        })?;
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -142,6 +157,7 @@ impl SimHost {
             path,
             listener,
             accept: Some(accept),
+            _lock: lock,
         })
     }
 

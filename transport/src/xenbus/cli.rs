@@ -63,6 +63,21 @@ pub enum StartError {
 }
 
 impl CommonArgs {
+    /// Where the daemons keep their instance locks
+    /// ([`Daemon::with_lock_dir`](super::daemon::Daemon::with_lock_dir)):
+    /// on the simulated host, `locks/` beside its control socket (so one
+    /// host's domains never meet another's); on Xen, `/run/xenring` (one
+    /// operating system per domain).
+    pub fn lock_dir(&self) -> PathBuf {
+        match (self.platform, &self.sim_socket) {
+            (PlatformKind::Sim, Some(s)) => s
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new("."))
+                .join("locks"),
+            _ => PathBuf::from("/run/xenring"),
+        }
+    }
+
     /// Opens the platform and XenStore. Must run before other threads read
     /// the environment: it sets `XENSTORED_PATH` from `--xenstore`.
     pub async fn connect(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {

@@ -61,6 +61,7 @@ pub struct Daemon {
     drivers: BTreeMap<String, Arc<dyn Driver>>,
     grace: Duration,
     stats: Arc<Mutex<DaemonStats>>,
+    lock_dir: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -88,6 +89,7 @@ impl Daemon {
             drivers: BTreeMap::new(),
             grace: Duration::from_secs(5),
             stats: Arc::default(),
+            lock_dir: None,
         }
     }
 
@@ -102,6 +104,52 @@ impl Daemon {
     pub fn with_grace(mut self, grace: Duration) -> Daemon {
         self.grace = grace;
         self
+    }
+
+    /// Serves each device kind only if no other daemon does: [`Daemon::run`]
+    /// first takes the lock `<dir>/dom<domid>-<side>-<kind>.lock` for each
+    /// kind (held while it runs) and fails with
+    /// [`XenbusError::Instance`] ("already served by pid N") if another
+    /// process holds one. Two daemons serving one device would fight over
+    /// its state.
+    pub fn with_lock_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Daemon {
+        self.lock_dir = Some(dir.into());
+        self
+    }
+
+    /// Takes the instance locks (see [`Daemon::with_lock_dir`]).
+    fn lock_kinds(&self) -> Result<Vec<crate::instance::InstanceLock>, XenbusError> {
+        let Some(dir) = &self.lock_dir else {
+            return Ok(Vec::new());
+        };
+        let side = match self.side {
+            Side::Backend => "backend",
+            Side::Frontend => "frontend",
+        };
+        let domid = self.platform.domid();
+        let instance = |kind: &str, error| XenbusError::Instance {
+            kind: kind.to_string(),
+            domid,
+            side,
+            error,
+        };
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            let path = dir.clone();
+            let kind = self.drivers.keys().next().cloned().unwrap_or_default();
+            return Err(instance(
+                &kind,
+                crate::instance::InstanceLockError::Io { path, error: e },
+            ));
+        }
+        self.drivers
+            .keys()
+            .map(|kind| {
+                crate::instance::InstanceLock::acquire(
+                    dir.join(format!("dom{domid}-{side}-{kind}.lock")),
+                )
+                .map_err(|e| instance(kind, e))
+            })
+            .collect()
     }
 
     /// The counters.
@@ -121,11 +169,15 @@ impl Daemon {
     }
 
     /// Runs until `shutdown` is cancelled, then closes every device
-    /// (Closing, Closed) and returns.
+    /// (Closing, Closed) and returns. Fails at once if another daemon holds
+    /// a kind's instance lock ([`Daemon::with_lock_dir`]), and stops with
+    /// [`XenbusError::PlatformEnded`] when the platform ends this domain's
+    /// session (its domain destroyed, its host gone).
     ///
     /// Cancellation: dropping the future aborts the device tasks without
     /// closing the devices (their rings and grants are released).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<DaemonStats, XenbusError> {
+        let _locks = self.lock_kinds()?;
         let mut watches: Vec<BoxStream<'static, (String, String)>> = Vec::new();
         for kind in self.drivers.keys() {
             let k = kind.clone();
@@ -145,9 +197,22 @@ impl Daemon {
         for kind in self.drivers.keys() {
             self.rescan(kind, &mut tasks, &mut set, &devices).await?;
         }
+        let mut ended = self.platform.ended();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                error = &mut ended => {
+                    // Nothing can be closed in order any more: the
+                    // domain or its host is gone. Drop the devices.
+                    tracing::error!(domid = self.platform.domid(), %error,
+                        devices = tasks.len(), "the platform ended this domain's session");
+                    devices.cancel();
+                    set.shutdown().await;
+                    return Err(XenbusError::PlatformEnded {
+                        domid: self.platform.domid(),
+                        error,
+                    });
+                }
                 ev = events.next() => {
                     let Some((kind, path)) = ev else {
                         return Err(XenbusError::WatchEnded { path: self.home() });

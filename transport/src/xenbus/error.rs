@@ -112,6 +112,28 @@ pub enum XenbusError {
         /// The watched `state` node.
         path: String,
     },
+    /// The platform ended this domain's session (its domain was destroyed,
+    /// or its host went away): a daemon stops with this.
+    #[error("domain {domid} can no longer run devices: {error}")]
+    PlatformEnded {
+        /// Our domain.
+        domid: DomId,
+        /// What the platform said.
+        error: crate::platform::PlatformError,
+    },
+    /// Another daemon serves these devices already, or its lock could not
+    /// be taken.
+    #[error("{side} {kind} devices of domain {domid}: {error}")]
+    Instance {
+        /// The device kind.
+        kind: String,
+        /// Our domain.
+        domid: DomId,
+        /// `backend` or `frontend`.
+        side: &'static str,
+        /// What the lock said.
+        error: crate::instance::InstanceLockError,
+    },
 }
 
 fn show_value(v: &Option<String>) -> String {
