@@ -18,9 +18,11 @@
 //! in the file even if this daemon is killed right after. Requests of a
 //! queue run concurrently (as many as the ring holds); their answers are
 //! pushed in batches (one notification for all that completed together).
+//! The data they hold is bounded per device ([`inflight`]): 16 MiB.
 
 pub mod grants;
 pub mod image;
+pub mod inflight;
 pub mod request;
 
 use std::path::PathBuf;
@@ -39,7 +41,8 @@ use xenring::xenbus::paths::DeviceId;
 
 use self::grants::Grants;
 use self::image::Image;
-use self::request::{check, parse_indirect_segments, Checked, Limits, Reject, Req};
+use self::inflight::{Inflight, MAX_INFLIGHT_BYTES};
+use self::request::{check, data_bytes, parse_indirect_segments, Checked, Limits, Reject, Req};
 use crate::device::BackendDevice;
 
 /// Response type of the ring.
@@ -71,6 +74,9 @@ pub struct VbdStats {
     pub grant_hits: AtomicU64,
     /// Grant map calls.
     pub grant_maps: AtomicU64,
+    /// The most data bytes one device held at once for its requests in
+    /// flight (at most [`MAX_INFLIGHT_BYTES`]).
+    pub inflight_peak: Arc<AtomicU64>,
 }
 
 impl VbdStats {
@@ -79,7 +85,7 @@ impl VbdStats {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "requests {} errors {} read {} B written {} B flushes {} discards {} \
-             grant-hits {} grant-maps {}",
+             grant-hits {} grant-maps {} inflight-peak {} B",
             g(&self.requests),
             g(&self.errors),
             g(&self.read_bytes),
@@ -87,7 +93,8 @@ impl VbdStats {
             g(&self.flushes),
             g(&self.discards),
             g(&self.grant_hits),
-            g(&self.grant_maps)
+            g(&self.grant_maps),
+            g(&self.inflight_peak)
         )
     }
 }
@@ -219,6 +226,7 @@ impl BackendDevice for VbdBackend {
                 },
                 img,
                 grants: Grants::new(conn.platform().clone(), conn.frontend(), persistent),
+                inflight: Inflight::new(MAX_INFLIGHT_BYTES, stats.inflight_peak.clone()),
                 stats: stats.clone(),
             });
             tracing::info!(
@@ -302,6 +310,7 @@ struct Ctx {
     img: Image,
     limits: Limits,
     grants: Grants,
+    inflight: Inflight,
     stats: Arc<VbdStats>,
 }
 
@@ -335,10 +344,18 @@ async fn serve_queue(
                 None => break Ok(()),
                 Some(Err(e)) => break Err(DeviceError::from(e)),
                 Some(Ok(req)) => {
+                    // Bounded data in flight: wait for answered requests
+                    // to give their share back before serving this one
+                    // (the ring's next requests wait meanwhile).
+                    let reserved = tokio::select! {
+                        _ = stop.cancelled() => break Ok(()),
+                        r = ctx.inflight.reserve(data_bytes(&req)) => r,
+                    };
                     let ctx = ctx.clone();
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         let rsp = ctx.handle(req).await;
+                        drop(reserved);
                         let _ = tx.send(rsp);
                     });
                 }
@@ -442,6 +459,7 @@ impl Ctx {
             .map(|s| usize::from(s.last_sect - s.first_sect + 1) * 512)
             .sum();
         let offset = sector * 512;
+        let _held = self.inflight.hold(total);
         if write {
             let mut buf = vec![0u8; total];
             let mut at = 0;

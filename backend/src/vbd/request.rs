@@ -118,6 +118,23 @@ fn check_range(sector: u64, count: u64, limits: &Limits) -> Result<(), Reject> {
     }
 }
 
+/// The most data bytes `req` can move, from its operation and segment
+/// count alone (before [`check`]; clamped to what [`check`] allows): what
+/// the queue reserves from the device's in-flight budget.
+pub fn data_bytes(req: &Req) -> usize {
+    const PAGE: usize = 4096;
+    match req.operation() {
+        BLKIF_OP_READ | BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER => {
+            usize::from(req.nr_segments()).min(BLKIF_MAX_SEGMENTS_PER_REQUEST) * PAGE
+        }
+        BLKIF_OP_INDIRECT => {
+            usize::from(indirect(req).nr_segments()).min(usize::from(super::MAX_INDIRECT_SEGMENTS))
+                * PAGE
+        }
+        _ => 0,
+    }
+}
+
 /// Checks one request copied out of the ring.
 pub fn check(req: &Req, limits: &Limits) -> Result<Checked, Reject> {
     let op = req.operation();
