@@ -680,7 +680,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 p.add(1);
             }
-            Ok(p.get())
+            Ok::<_, PlatformError>(p.get())
         };
         let r = unless_stalled(&p, Duration::from_secs(30), "slow", work).await;
         assert_eq!(r.unwrap(), 20);
