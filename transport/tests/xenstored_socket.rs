@@ -456,6 +456,26 @@ async fn release_ends_the_domain_watches_and_fires_release_domain() {
     dom0.write("/still", "ok").await.unwrap();
 }
 
+/// INTRODUCE and RELEASE over the wire open and close a domain's socket
+/// as the host's calls do.
+#[tokio::test]
+async fn introduce_and_release_requests_open_and_close_the_socket() {
+    let (_d, xs) = start();
+    let mut dom0 = Client::connect(&xs.socket_path(0).unwrap()).await;
+    let p2 = xs.socket_path(2).unwrap();
+    assert!(UnixStream::connect(&p2).await.is_err());
+    let r = dom0.call(XsType::Introduce, &z(&["2", "0", "1"])).await;
+    assert_eq!(r.error_name(), None);
+    let mut dom2 = Client::connect(&p2).await;
+    assert_eq!(dom2.read("domid").await.unwrap(), "2");
+    let r = dom0.call(XsType::Release, &z(&["2"])).await;
+    assert_eq!(r.error_name(), None);
+    while let Some(m) = dom2.recv().await {
+        assert_eq!(m.ty, XsType::WatchEvent.raw(), "{m:?}");
+    }
+    assert!(UnixStream::connect(&p2).await.is_err());
+}
+
 #[tokio::test]
 async fn a_domain_never_introduced_has_no_socket() {
     let (_d, xs) = start();
