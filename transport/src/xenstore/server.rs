@@ -87,6 +87,15 @@ pub const UNPRIVILEGED_QUEUE_MAX: usize = 2 * QUEUE_CAPACITY;
 /// writing anything before it is dropped.
 pub const UNPRIVILEGED_STALL: Duration = Duration::from_secs(20);
 
+/// [`UNPRIVILEGED_STALL`], shortened for the unit tests.
+const fn stall_limit() -> Duration {
+    if cfg!(test) {
+        Duration::from_secs(1)
+    } else {
+        UNPRIVILEGED_STALL
+    }
+}
+
 /// Connections an unprivileged domain may have open at once (C
 /// xenstored's domains have one ring each; this bounds a guest's file
 /// descriptors in the host). Dom0's are not limited.
@@ -472,7 +481,8 @@ impl Inner {
         if conns.contains_key(&conn) {
             tracing::warn!(
                 %conn,
-                "xenstored: dropping an unprivileged connection that wrote nothing for {UNPRIVILEGED_STALL:?} while a writer waited"
+                "xenstored: dropping an unprivileged connection that wrote nothing for {:?} while a writer waited",
+                stall_limit()
             );
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
             self.kill(&mut store, &mut conns, conn);
@@ -557,7 +567,7 @@ impl Inner {
         }
         loop {
             let before = w.out.sent();
-            match tokio::time::timeout(UNPRIVILEGED_STALL, w.out.room(QUEUE_CAPACITY)).await {
+            match tokio::time::timeout(stall_limit(), w.out.room(QUEUE_CAPACITY)).await {
                 Ok(()) => return,
                 Err(_) if w.out.sent() == before => {
                     self.kill_stalled(w.conn);
@@ -751,3 +761,7 @@ async fn writer(
     sem.close();
     let _ = wr.shutdown().await;
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
