@@ -240,6 +240,8 @@ fn a_created_domain_outlives_a_killed_process_and_takes_a_new_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The domain's XenStore socket exists at once, before any process.
+    assert!(host.xenstore_path(5).unwrap().exists());
     let again = sim(&socket)
         .args(["create", "--domid", "5"])
         .output()

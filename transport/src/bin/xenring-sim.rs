@@ -63,9 +63,11 @@ enum Cmd {
         domid: u16,
     },
     /// Run a command in a domain of the host (with XENRING_SIM_SOCKET,
-    /// XENRING_DOMID and XENSTORED_PATH set for it): it joins the domain as
-    /// one more session, creating the domain if it does not exist (then
-    /// the domain goes when its last process does).
+    /// XENRING_DOMID and XENSTORED_PATH set for it): a program that joins
+    /// the domain is one more session of it, creating the domain if it does
+    /// not exist (then the domain goes when its last process does). The
+    /// domain's XenStore socket exists only while the domain does: a tool
+    /// that only speaks XenStore (xenstore-read) needs a created domain.
     Exec {
         /// The domain id it joins as.
         #[arg(long)]

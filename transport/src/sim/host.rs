@@ -2,9 +2,11 @@
 //! domains (or connect as administrators), one thread per connection, the
 //! [`Hypervisor`](super::hv) behind one lock, and the host's XenStore (an
 //! embedded [`Xenstored`] with its sockets in `xenstore/` beside the control
-//! socket): a domain is introduced when it is created and released in every
-//! path that destroys it (destroy request, the last session of an implicit
-//! domain ending, shutdown).
+//! socket): a domain is introduced (and its XenStore socket opened) when it
+//! is created, and released (its XenStore connections closed and its socket
+//! removed) in every path that destroys it (destroy request, the last
+//! session of an implicit domain ending, shutdown). A domid nobody created
+//! has no XenStore socket.
 //!
 //! Domains and sessions: a domain is made persistent by `CreateDomain`
 //! ([`SimHost::create_domain`], `xenring-sim create`), or implicitly by the

@@ -255,3 +255,72 @@ fn the_socket_folder_is_private_and_a_shared_one_is_refused() {
     let e = SimAdmin::connect(open.join("control.sock")).unwrap_err();
     assert!(e.to_string().contains("mode 0777"), "{e}");
 }
+
+impl Xs {
+    /// Reads until the server closes the connection (events may come
+    /// first; a reply may not).
+    fn expect_closed(&mut self) {
+        loop {
+            if let Some((m, used)) = decode(&self.buf).unwrap() {
+                self.buf.drain(..used);
+                assert_eq!(m.kind(), Some(XsType::WatchEvent), "{m:?}");
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Issue (dead domains still speak): `create` makes the socket at once;
+/// destroying the domain closes its open connections and its socket, and
+/// what it wrote goes.
+#[test]
+fn a_destroyed_domain_cannot_speak() {
+    let (_d, h) = host();
+    let p = h.xenstore_path(4).unwrap();
+    assert!(!p.exists(), "no socket before the domain exists");
+    h.create_domain(4).unwrap();
+    assert!(p.exists(), "create makes the socket");
+    let mut dom4 = Xs::connect(&h, 4);
+    assert_eq!(dom4.call(XsType::Read, &["domid"]).payload, b"4");
+    let r = dom4.call(XsType::Mkdir, &["data/mine"]);
+    assert_eq!(r.error_name(), None);
+    let mut dom0 = Xs::connect(&h, 0);
+    h.destroy_domain(4).unwrap();
+    dom4.expect_closed();
+    assert!(
+        UnixStream::connect(&p).is_err(),
+        "a dead domain's socket refuses"
+    );
+    let r = dom0.call(XsType::Read, &["/local/domain/4/data/mine"]);
+    assert_eq!(r.error_name(), Some(crate::abi::xs_wire::XsErrno::Enoent));
+    h.report().assert_clean();
+}
+
+/// Issue (never-created domains speak): a domid nobody created has no
+/// socket; one created implicitly by joining has one while it lives, and
+/// its nodes go with it.
+#[test]
+fn only_a_living_domain_has_a_socket() {
+    let (_d, h) = host();
+    let p = h.xenstore_path(9).unwrap();
+    assert!(UnixStream::connect(&p).is_err(), "domain 9 does not exist");
+    let mut dom0 = Xs::connect(&h, 0);
+    dom0.call(XsType::Watch, &["@releaseDomain", "r"]);
+    dom0.events.clear();
+    let d9 = SimDomain::connect(h.control_path(), 9).unwrap();
+    let mut dom9 = Xs::connect(&h, 9);
+    let r = dom9.call(XsType::Mkdir, &["data/mine"]);
+    assert_eq!(r.error_name(), None);
+    drop(d9);
+    dom0.wait_event("@releaseDomain");
+    dom9.expect_closed();
+    assert!(UnixStream::connect(&p).is_err());
+    let r = dom0.call(XsType::Read, &["/local/domain/9/data/mine"]);
+    assert_eq!(r.error_name(), Some(crate::abi::xs_wire::XsErrno::Enoent));
+    h.report().assert_clean();
+}

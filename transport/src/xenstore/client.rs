@@ -9,11 +9,15 @@
 //!   checked here first ([`XsError::Invalid`]);
 //! * after a server disconnect its calls hang: every call has a timeout, and
 //!   the client keeps a second connection of its own (on the project's
-//!   codec, [`XsConn`]) whose EOF is noticed at once; a supervisor task then
-//!   reconnects both and sets every watch again;
-//! * an undrained watch stream stalls its whole connection: each watch is
-//!   drained by its own task into a bounded queue that never blocks (when the
-//!   consumer lags, events coalesce into one event for the watched path).
+//!   codec, [`XsConn`]) whose EOF is noticed at once;
+//! * its watch streams block its connection when not drained, and never end
+//!   when the connection dies: watches are set on [`XsConn`] instead, whose
+//!   reader never waits (when a consumer lags, its events coalesce into one
+//!   event for the watched path);
+//! * whichever connection dies, both are replaced: a supervisor task
+//!   reconnects when [`XsConn`] closes, or when a call on xenstore-rs's
+//!   connection fails or times out while [`XsConn`] lives (the call is
+//!   retried once on the new connections), and sets every watch again.
 //!
 //! The operations xenstore-rs lacks (mkdir, permissions, transactions with
 //! retry on EAGAIN, domain paths) go over [`XsConn`].
@@ -31,7 +35,7 @@ use super::codec::{XsErrno, XsMsg, XsType};
 use super::conn::XsConn;
 use super::error::{absent_as_none, check_path, check_payload, XsError};
 use super::perm::Perm;
-use super::watch::{spawn_watch, WatchReg, XsWatch};
+use super::watch::{WatchReg, XsWatch};
 
 /// Where xenstore-rs (and so this client) finds the socket.
 pub const ENV_XENSTORED_PATH: &str = "XENSTORED_PATH";
@@ -79,6 +83,9 @@ pub(super) struct Inner {
     pub(super) opts: ClientOptions,
     conn: Mutex<Conn>,
     reconnected: tokio::sync::watch::Sender<u64>,
+    /// The generation whose xenstore-rs connection a call found dead (the
+    /// supervisor replaces it).
+    suspect: tokio::sync::watch::Sender<u64>,
     pub(super) watches: Mutex<HashMap<u64, WatchReg>>,
     next_watch: AtomicU64,
     /// One permit per transaction that may be open.
@@ -172,6 +179,7 @@ impl XsClient {
         let (xs, raw) = open(&path, opts.timeout).await?;
         let raw = Arc::new(raw);
         let (reconnected, _) = tokio::sync::watch::channel(0);
+        let (suspect, _) = tokio::sync::watch::channel(u64::MAX);
         let inner = Arc::new(Inner {
             path,
             txn_slots: Arc::new(tokio::sync::Semaphore::new(opts.max_transactions.max(1))),
@@ -182,6 +190,7 @@ impl XsClient {
                 generation: 0,
             }),
             reconnected,
+            suspect,
             watches: Mutex::new(HashMap::new()),
             next_watch: AtomicU64::new(1),
         });
@@ -217,8 +226,8 @@ impl XsClient {
     }
 
     /// Runs `f` on the current connection with the timeout; if the
-    /// connection failed, waits for the supervisor to reconnect and runs it
-    /// once more.
+    /// connection failed (an I/O error or no reply in time), has the
+    /// supervisor reconnect, waits for it and runs `f` once more.
     async fn call<T, F, Fut>(&self, op: &'static str, path: &str, f: F) -> Result<T, XsError>
     where
         F: Fn(Conn) -> Fut,
@@ -242,8 +251,12 @@ impl XsClient {
                     let dead = raw_closed
                         || self.conn().raw.is_closed()
                         || self.conn().generation != generation;
-                    if !dead && !matches!(e, XsError::Io { .. }) {
-                        return Err(e);
+                    if !dead {
+                        // Our own connection lives, so xenstore-rs's (or a
+                        // server that stopped answering) is the suspect:
+                        // replace both.
+                        tracing::debug!(op, path, error = %e, "xenstore call failed; reconnecting");
+                        self.inner.suspect.send_replace(generation);
                     }
                     retried = true;
                     if self.conn().generation == generation
@@ -462,39 +475,36 @@ impl XsClient {
     /// events coalesced.
     pub async fn watch(&self, path: &str) -> Result<XsWatch, XsError> {
         check_path("watch", path)?;
-        // The token xenstore-rs adds is a 36-character UUID.
-        check_payload("watch", path, path.len() + 1 + 36 + 1)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(self.inner.opts.watch_queue.max(1));
-        let drain = self
-            .call("watch", path, |c| {
-                let tx = tx.clone();
-                async move {
-                    let (task, set) = spawn_watch(c.xs, path.to_string(), tx);
-                    // If this attempt fails or is abandoned (timeout), the
-                    // task must not live on.
-                    let mut guard = AbortOnDrop(Some(task));
-                    match set.await {
-                        Ok(Ok(())) => Ok(guard.0.take().expect("task present")),
-                        Ok(Err(e)) => Err(map_rs("watch", path, e)),
-                        Err(_) => Err(XsError::Io {
-                            op: "watch",
-                            path: path.to_string(),
-                            source: std::io::ErrorKind::ConnectionAborted.into(),
-                        }),
-                    }
-                }
-            })
-            .await?;
         let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
+        let token = format!("xenring-{id}");
+        check_payload("watch", path, path.len() + 1 + token.len() + 1)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(self.inner.opts.watch_queue.max(1));
+        // Registered first, so that a reconnect meanwhile sets it too.
         self.inner.watches.lock().expect("watches lock").insert(
             id,
             WatchReg {
                 path: path.to_string(),
-                out: tx,
-                drain,
+                token: token.clone(),
+                out: tx.clone(),
             },
         );
-        Ok(XsWatch::new(rx, id, Arc::downgrade(&self.inner)))
+        let watch = XsWatch::new(rx, id, Arc::downgrade(&self.inner));
+        let msg = Self::build(
+            "watch",
+            path,
+            XsType::Watch,
+            0,
+            &[path.as_bytes(), token.as_bytes()],
+            true,
+        )?;
+        self.call("watch", path, |c| {
+            let msg = msg.clone();
+            let tx = tx.clone();
+            let token = token.clone();
+            async move { arm(&c.raw, path, &token, tx, msg).await }
+        })
+        .await?;
+        Ok(watch)
     }
 
     /// Waits until `path`'s value (`None`: absent) satisfies `pred`, and
@@ -525,20 +535,72 @@ impl XsClient {
     }
 }
 
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            t.abort();
+/// Sets a watch on `raw`: routes its token to `out`, then sends the WATCH
+/// (an `EEXIST` means it is set already: the supervisor was quicker).
+async fn arm(
+    raw: &XsConn,
+    path: &str,
+    token: &str,
+    out: tokio::sync::mpsc::Sender<String>,
+    msg: XsMsg,
+) -> Result<(), XsError> {
+    raw.add_watch_sink(token.as_bytes(), path, out);
+    let reply = raw.request(msg).await.map_err(|source| XsError::Io {
+        op: "watch",
+        path: path.to_string(),
+        source,
+    })?;
+    match reply.error_name() {
+        None | Some(XsErrno::Eexist) => Ok(()),
+        Some(errno) => {
+            raw.remove_watch_sink(token.as_bytes());
+            Err(XsError::Server {
+                op: "watch",
+                path: path.to_string(),
+                errno,
+            })
         }
     }
 }
 
-/// Reconnects when the sentinel connection dies, and sets the watches again.
+impl Inner {
+    /// Removes a watch from the server (in the background: called from a
+    /// drop).
+    pub(super) fn unwatch(&self, reg: WatchReg) {
+        let raw = self.conn.lock().expect("conn lock").raw.clone();
+        raw.remove_watch_sink(reg.token.as_bytes());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(msg) = XsMsg::with_strings(
+            XsType::Unwatch,
+            0,
+            0,
+            &[reg.path.as_bytes(), reg.token.as_bytes()],
+            true,
+        ) else {
+            return;
+        };
+        let timeout = self.opts.timeout;
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(timeout, raw.request(msg)).await;
+        });
+    }
+}
+
+/// Reconnects when our own connection dies or a call finds xenstore-rs's
+/// dead, and sets the watches again.
 async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
+    let mut generation = 0;
     loop {
-        raw.closed().await;
+        let Some(mut suspect) = inner.upgrade().map(|i| i.suspect.subscribe()) else {
+            return;
+        };
+        tokio::select! {
+            _ = raw.closed() => {}
+            _ = suspect.wait_for(|g| *g == generation) => {}
+        }
+        drop(suspect);
         let Some(path) = inner.upgrade().map(|i| i.path.clone()) else {
             return;
         };
@@ -561,43 +623,43 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
             return;
         };
         raw = Arc::new(new_raw);
-        let generation = {
+        generation = {
             let mut c = inner_arc.conn.lock().expect("conn lock");
             c.generation += 1;
-            c.xs = xs.clone();
+            c.xs = xs;
             c.raw = raw.clone();
             c.generation
         };
         // Set every watch again on the new connection.
-        let regs: Vec<(u64, String)> = inner_arc
+        let regs: Vec<(String, String, tokio::sync::mpsc::Sender<String>)> = inner_arc
             .watches
             .lock()
             .expect("watches lock")
-            .iter()
-            .map(|(id, r)| (*id, r.path.clone()))
+            .values()
+            .map(|r| (r.path.clone(), r.token.clone(), r.out.clone()))
             .collect();
-        for (id, wpath) in regs {
-            let out = match inner_arc.watches.lock().expect("watches lock").get(&id) {
-                Some(reg) => reg.out.clone(),
-                None => continue,
+        for (wpath, token, out) in regs {
+            let Ok(msg) = XsMsg::with_strings(
+                XsType::Watch,
+                0,
+                0,
+                &[wpath.as_bytes(), token.as_bytes()],
+                true,
+            ) else {
+                continue;
             };
-            let (task, set) = spawn_watch(xs.clone(), wpath.clone(), out);
-            match set.await {
-                Ok(Ok(())) => {
-                    let mut watches = inner_arc.watches.lock().expect("watches lock");
-                    match watches.get_mut(&id) {
-                        Some(reg) => {
-                            reg.drain.abort();
-                            reg.drain = task;
-                        }
-                        None => task.abort(),
-                    }
-                }
-                Ok(Err(e)) => {
+            let armed =
+                tokio::time::timeout(inner_arc.opts.timeout, arm(&raw, &wpath, &token, out, msg))
+                    .await;
+            match armed {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ XsError::Server { .. })) => {
                     tracing::error!(path = %wpath, error = %e, "cannot set a watch again after reconnecting")
                 }
-                Err(_) => {
-                    tracing::error!(path = %wpath, "connection lost while setting a watch again")
+                Ok(Err(_)) | Err(_) => {
+                    // The new connection failed too: start over.
+                    tracing::warn!(path = %wpath, "no answer while setting a watch again");
+                    inner_arc.suspect.send_replace(generation);
                 }
             }
         }

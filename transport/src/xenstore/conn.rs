@@ -7,6 +7,13 @@
 //! events; writes happen under a lock from the caller's task. When the
 //! server goes away, every waiting request fails at once and [`XsConn::closed`]
 //! resolves: nothing hangs.
+//!
+//! Watch events whose token was registered with [`XsConn::add_watch_sink`]
+//! go to that watch's bounded queue and never block the reader: when the
+//! queue is full the event is dropped and remembered, and as soon as there
+//! is room one event for the watched path itself is queued ("something at
+//! or below here changed"), so a lagging consumer loses detail, never a
+//! wakeup. Other events go to the `events` channel given at connect.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +28,39 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{read_msg, XsMsg, XsType};
 
 type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<XsMsg>>>>>;
+type Sinks = Arc<Mutex<HashMap<Vec<u8>, WatchSink>>>;
+
+/// Where the events of one watch go.
+#[derive(Debug, Clone)]
+struct WatchSink {
+    /// The watched path, sent when events were dropped.
+    path: String,
+    out: mpsc::Sender<String>,
+    /// Events were dropped; a task is waiting for room to say so.
+    lagged: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WatchSink {
+    fn deliver(&self, changed: String) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.lagged.load(SeqCst) {
+            return;
+        }
+        match self.out.try_send(changed) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.lagged.store(true, SeqCst);
+                let sink = self.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = sink.out.reserve().await {
+                        p.send(sink.path.clone());
+                    }
+                    sink.lagged.store(false, SeqCst);
+                });
+            }
+        }
+    }
+}
 
 /// A multiplexed xs_wire connection.
 #[derive(Debug)]
@@ -31,6 +71,7 @@ pub struct XsConn {
     next_id: AtomicU32,
     closed: watch::Receiver<bool>,
     reader: tokio::task::JoinHandle<()>,
+    sinks: Sinks,
 }
 
 impl XsConn {
@@ -45,11 +86,20 @@ impl XsConn {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (closed_tx, closed) = watch::channel(false);
         let p = pending.clone();
+        let sinks: Sinks = Arc::default();
+        let s = sinks.clone();
         let reader = tokio::spawn(async move {
             loop {
                 match read_msg(&mut rd).await {
                     Ok(Some(msg)) if msg.kind() == Some(XsType::WatchEvent) => {
-                        if let Some(ev) = &events {
+                        let parts = msg.parts();
+                        let sink = match parts.get(1) {
+                            Some(token) => s.lock().expect("sinks lock").get(*token).cloned(),
+                            None => None,
+                        };
+                        if let Some(sink) = sink {
+                            sink.deliver(String::from_utf8_lossy(parts[0]).into_owned());
+                        } else if let Some(ev) = &events {
                             // A full event queue drops the event rather than
                             // stall the replies behind it.
                             let _ = ev.try_send(msg);
@@ -86,7 +136,27 @@ impl XsConn {
             next_id: AtomicU32::new(1),
             closed,
             reader,
+            sinks,
         })
+    }
+
+    /// Sends the events of the watch with `token` to `out` (see the module
+    /// documentation); `path` is the watched path. Set it before sending
+    /// the WATCH, so that its first event is not missed.
+    pub fn add_watch_sink(&self, token: &[u8], path: &str, out: mpsc::Sender<String>) {
+        self.sinks.lock().expect("sinks lock").insert(
+            token.to_vec(),
+            WatchSink {
+                path: path.to_string(),
+                out,
+                lagged: Arc::default(),
+            },
+        );
+    }
+
+    /// Stops routing the events of the watch with `token`.
+    pub fn remove_watch_sink(&self, token: &[u8]) {
+        self.sinks.lock().expect("sinks lock").remove(token);
     }
 
     /// The socket this connection talks to.

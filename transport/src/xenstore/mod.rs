@@ -13,6 +13,7 @@ mod client;
 pub mod codec;
 pub mod conn;
 mod error;
+mod outq;
 mod perm;
 pub mod server;
 pub mod store;

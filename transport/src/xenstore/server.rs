@@ -7,8 +7,8 @@
 //! ```text
 //!   socket <dir>/1.sock --accept--> connection (domid 1)
 //!     reader task: read_msg --> Store::handle (under the store lock) --+
-//!                                                                      | reply, events
-//!     writer task: <-- bounded queue (per connection) <----------------+
+//!        ^ waits while a receiver of its events is full               | reply, events
+//!     writer task: <-- queue (per connection, coalescing) <------------+
 //!                                 events for other connections go to their queues
 //! ```
 //!
@@ -19,37 +19,87 @@
 //!   before the events its request caused for the same connection;
 //! * a header announcing more than 4096 bytes closes that connection (as C
 //!   xenstored); any other bad input gets an error reply;
-//! * a connection's replies not yet written are limited (the
-//!   `outstanding` quota for domUs): past it the server stops reading that
-//!   connection's requests, as C xenstored stops reading a domain's ring;
-//! * events never wait: a connection whose queue is full (it does not read
-//!   its watch events) is dropped and logged, so it can only hurt itself;
+//! * a socket exists exactly while its domain is introduced (dom0's
+//!   always): [`Xenstored::introduce_domain`] (or INTRODUCE) creates it,
+//!   [`Xenstored::release_domain`] (or RELEASE) closes every connection of
+//!   the domain and removes the socket, so a dead domain cannot speak and a
+//!   domain never introduced has no socket;
+//! * an unprivileged domain may have [`MAX_CONNECTIONS_PER_DOMAIN`]
+//!   connections open; one more is answered `ENOSPC` (an error message with
+//!   request id 0) and closed. Dom0's connections are not limited;
+//! * back-pressure, and who pays for a slow reader: see [`QUEUE_CAPACITY`];
 //! * [`Xenstored::shutdown`] (or drop) stops the thread, closes every
 //!   connection and removes the sockets.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixListener;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::Instrument;
 
 use super::codec::read_msg;
+use super::outq::{OutQueue, Pushed};
 use super::store::{ConnId, Quotas, Store};
 use super::XsMsg;
-use crate::abi::xs_wire::XsType;
+use crate::abi::xs_wire::{XsErrno, XsType};
 
-/// Messages (replies and events) a connection may have queued; one more
-/// event drops the connection.
+/// Messages (replies and events) a connection may have queued before the
+/// writers of its events wait.
+///
+/// The bound and who pays for a slow reader R (as C xenstored, which holds
+/// the request of the writer until its events are delivered):
+/// * repeated events coalesce: an event identical to one still queued for R
+///   is not queued again (special `@` events excepted), so a node written
+///   100,000 times while R is busy costs R one queued event;
+/// * when a request of connection W leaves R with `QUEUE_CAPACITY` messages
+///   or more, W's next request is not read until R is below
+///   `QUEUE_CAPACITY` again: the writer is throttled, R loses nothing. A
+///   request's own events are always queued, so R's queue is bounded by
+///   `QUEUE_CAPACITY` plus one request's events per connection writing to
+///   it (a write fires at most one event per watch of R);
+/// * a privileged connection is never dropped for being slow: its writers
+///   wait for it, however long (dom0 is trusted; a stopped `xenstore-watch`
+///   in dom0 holds up the writers of what it watches until it reads again,
+///   as in C xenstored);
+/// * dom0 and the host never wait for an unprivileged R: their events are
+///   queued, and an R that lets its queue pass [`UNPRIVILEGED_QUEUE_MAX`]
+///   is dropped (it can only hurt itself);
+/// * an unprivileged writer waiting for an unprivileged R waits while R
+///   makes progress; an R that writes nothing for [`UNPRIVILEGED_STALL`]
+///   while a writer waits is dropped (C xenstored drops an unprivileged
+///   connection whose watch event is not taken within 20 s).
 pub const QUEUE_CAPACITY: usize = 1024;
+
+/// An unprivileged connection with more queued messages than this is
+/// dropped (only writers that never wait for it, dom0 and the host, can
+/// take it there).
+pub const UNPRIVILEGED_QUEUE_MAX: usize = 2 * QUEUE_CAPACITY;
+
+/// How long an unprivileged connection may leave a waiting writer without
+/// writing anything before it is dropped.
+pub const UNPRIVILEGED_STALL: Duration = Duration::from_secs(20);
+
+/// [`UNPRIVILEGED_STALL`], shortened for the unit tests.
+const fn stall_limit() -> Duration {
+    if cfg!(test) {
+        Duration::from_secs(1)
+    } else {
+        UNPRIVILEGED_STALL
+    }
+}
+
+/// Connections an unprivileged domain may have open at once (C
+/// xenstored's domains have one ring each; this bounds a guest's file
+/// descriptors in the host). Dom0's are not limited.
+pub const MAX_CONNECTIONS_PER_DOMAIN: usize = 64;
 
 /// How long a stopping server lets connections flush what is queued.
 const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
@@ -58,6 +108,9 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
 /// stops reading its requests (unprivileged ones use the `outstanding`
 /// quota).
 const PRIV_OUTSTANDING: usize = QUEUE_CAPACITY / 2;
+
+/// Bytes a writer task gathers into one socket write.
+const WRITE_BATCH: usize = 64 * 1024;
 
 /// Counters of a running [`Xenstored`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,14 +121,23 @@ pub struct XenstoredStats {
     pub requests: u64,
     /// Watch events queued.
     pub events: u64,
-    /// Connections dropped because their queue was full.
+    /// Watch events not queued because an identical one was queued still.
+    pub coalesced: u64,
+    /// Times a connection's requests waited for a receiver of its events
+    /// to make room.
+    pub throttled: u64,
+    /// Unprivileged connections dropped for not reading (see
+    /// [`QUEUE_CAPACITY`]).
     pub dropped: u64,
+    /// Connections refused (over [`MAX_CONNECTIONS_PER_DOMAIN`], or their
+    /// domain released meanwhile).
+    pub refused: u64,
 }
 
 #[derive(Debug)]
 struct ConnEntry {
     domid: u16,
-    out: mpsc::Sender<XsMsg>,
+    out: Arc<OutQueue>,
     reader: Option<AbortHandle>,
     writer: Option<JoinHandle<()>>,
 }
@@ -84,19 +146,23 @@ struct ConnEntry {
 struct Counters {
     requests: AtomicU64,
     events: AtomicU64,
+    coalesced: AtomicU64,
+    throttled: AtomicU64,
     dropped: AtomicU64,
+    refused: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
     store: Mutex<Store>,
-    /// Lock order: `store`, then `conns`.
+    /// Lock order: `store`, then `conns`, then `listeners`.
     conns: Mutex<HashMap<ConnId, ConnEntry>>,
     listeners: Mutex<HashMap<u16, (PathBuf, AbortHandle)>>,
     next_conn: AtomicU64,
     rt: tokio::runtime::Handle,
     counters: Counters,
+    stopping: AtomicBool,
 }
 
 /// A running embedded xenstored.
@@ -112,12 +178,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A receiver a writer must wait for.
+struct Wait {
+    conn: ConnId,
+    out: Arc<OutQueue>,
+    unprivileged: bool,
+}
+
 impl Xenstored {
     /// Starts a xenstored whose sockets live in `dir` (created if
     /// missing), with `quotas` for unprivileged domains. It runs on its own
     /// thread until [`Xenstored::shutdown`] or drop. Dom0 is introduced
-    /// from the start; no socket exists until [`Xenstored::socket_path`]
-    /// asks for one.
+    /// and its socket created from the start.
     pub fn start(dir: impl AsRef<Path>, quotas: Quotas) -> io::Result<Xenstored> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -137,7 +209,9 @@ impl Xenstored {
             next_conn: AtomicU64::new(1),
             rt: rt.handle().clone(),
             counters: Counters::default(),
+            stopping: AtomicBool::new(false),
         });
+        inner.listen(0)?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let closing = inner.clone();
         let thread = std::thread::Builder::new()
@@ -170,55 +244,41 @@ impl Xenstored {
         &self.inner.dir
     }
 
-    /// The socket of domain `domid` (`<dir>/<domid>.sock`); its listener is
-    /// created on the first call. Connections to it speak for `domid`.
+    /// The socket of domain `domid` (`<dir>/<domid>.sock`). It exists while
+    /// the domain is introduced (dom0's always); connections to it speak
+    /// for `domid`. An error once the server has stopped.
     pub fn socket_path(&self, domid: u16) -> io::Result<PathBuf> {
-        let mut listeners = lock(&self.inner.listeners);
-        if let Some((p, _)) = listeners.get(&domid) {
-            return Ok(p.clone());
-        }
         if lock(&self.stop).is_none() {
             return Err(io::Error::other("xenstored has stopped"));
         }
-        let path = self.inner.dir.join(format!("{domid}.sock"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let std_listener = std::os::unix::net::UnixListener::bind(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
-        std_listener.set_nonblocking(true)?;
-        let inner = self.inner.clone();
-        let task = self.inner.rt.spawn(
-            async move {
-                match UnixListener::from_std(std_listener) {
-                    Ok(l) => accept_loop(inner, domid, l).await,
-                    Err(e) => tracing::error!(error = %e, "cannot register the listener"),
-                }
-            }
-            .instrument(tracing::info_span!("xenstored", domid)),
-        );
-        listeners.insert(domid, (path.clone(), task.abort_handle()));
-        Ok(path)
+        Ok(self.inner.path_of(domid))
     }
 
     /// Introduces `domid`: creates its `/local/domain/<domid>` nodes if
-    /// missing and fires `@introduceDomain` (once; nothing for a domain
-    /// introduced already).
+    /// missing, fires `@introduceDomain` (once; nothing for a domain
+    /// introduced already) and opens its socket.
     pub fn introduce_domain(&self, domid: u16) {
-        let mut store = lock(&self.inner.store);
-        let events = store.introduce(domid);
-        self.inner.deliver(&mut store, events);
+        {
+            let mut store = lock(&self.inner.store);
+            let events = store.introduce(domid);
+            self.inner.deliver_unthrottled(&mut store, events);
+        }
+        if let Err(e) = self.inner.listen(domid) {
+            tracing::error!(domid, error = %e, "xenstored: cannot open the domain's socket");
+        }
     }
 
-    /// Releases `domid`: its connections lose their watches and
-    /// transactions, the nodes it owns are removed, and `@releaseDomain`
-    /// fires. Dom0 is never released.
+    /// Releases `domid`: its connections are closed and its socket removed,
+    /// the nodes it owns are removed, and `@releaseDomain` fires. Dom0 is
+    /// never released.
     pub fn release_domain(&self, domid: u16) {
+        if domid == 0 {
+            return;
+        }
         let mut store = lock(&self.inner.store);
         let events = store.release(domid);
-        self.inner.deliver(&mut store, events);
+        self.inner.close_domain(&mut store, domid);
+        self.inner.deliver_unthrottled(&mut store, events);
     }
 
     /// What is left of released domains ([`Store::leftovers`]).
@@ -234,11 +294,15 @@ impl Xenstored {
     /// The counters.
     pub fn stats(&self) -> XenstoredStats {
         let c = &self.inner.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         XenstoredStats {
             connections: lock(&self.inner.conns).len(),
-            requests: c.requests.load(Ordering::Relaxed),
-            events: c.events.load(Ordering::Relaxed),
-            dropped: c.dropped.load(Ordering::Relaxed),
+            requests: n(&c.requests),
+            events: n(&c.events),
+            coalesced: n(&c.coalesced),
+            throttled: n(&c.throttled),
+            dropped: n(&c.dropped),
+            refused: n(&c.refused),
         }
     }
 
@@ -252,11 +316,13 @@ impl Xenstored {
         let Some((stop_tx, thread)) = lock(&self.stop).take() else {
             return;
         };
+        self.inner.stopping.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(());
         if thread.join().is_err() {
             tracing::error!("the xenstored thread panicked");
         }
-        for (_, (path, _)) in lock(&self.inner.listeners).drain() {
+        for (_, (path, task)) in lock(&self.inner.listeners).drain() {
+            task.abort();
             let _ = std::fs::remove_file(path);
         }
         tracing::info!(dir = %self.inner.dir.display(), "xenstored stopped");
@@ -270,36 +336,131 @@ impl Drop for Xenstored {
 }
 
 impl Inner {
-    /// Queues events (under the store lock, so that every connection sees
-    /// events in the order the store produced them).
-    fn deliver(&self, store: &mut Store, events: Vec<super::Event>) {
+    fn path_of(&self, domid: u16) -> PathBuf {
+        self.dir.join(format!("{domid}.sock"))
+    }
+
+    /// Opens the socket of `domid` unless it is open.
+    fn listen(self: &Arc<Self>, domid: u16) -> io::Result<()> {
+        let mut listeners = lock(&self.listeners);
+        if listeners.contains_key(&domid) {
+            return Ok(());
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(io::Error::other("xenstored has stopped"));
+        }
+        let path = self.path_of(domid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let std_listener = std::os::unix::net::UnixListener::bind(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+        std_listener.set_nonblocking(true)?;
+        let inner = self.clone();
+        let task = self.rt.spawn(
+            async move {
+                match UnixListener::from_std(std_listener) {
+                    Ok(l) => accept_loop(inner, domid, l).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register the listener"),
+                }
+            }
+            .instrument(tracing::info_span!("xenstored", domid)),
+        );
+        listeners.insert(domid, (path, task.abort_handle()));
+        Ok(())
+    }
+
+    /// Closes every connection of `domid` and removes its socket (the
+    /// domain was released).
+    fn close_domain(&self, store: &mut Store, domid: u16) {
         let mut conns = lock(&self.conns);
-        for ev in events {
-            self.counters.events.fetch_add(1, Ordering::Relaxed);
-            self.push(store, &mut conns, ev.conn, ev.to_msg());
+        let ids: Vec<ConnId> = conns
+            .iter()
+            .filter(|(_, c)| c.domid == domid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.kill(store, &mut conns, id);
+        }
+        if let Some((path, task)) = lock(&self.listeners).remove(&domid) {
+            task.abort();
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::debug!(domid, "xenstored: domain released, its connections closed");
+    }
+
+    /// Queues `msg` for `conn`; the receiver's queue and length, if it is
+    /// open.
+    fn push<'a>(
+        &self,
+        conns: &'a HashMap<ConnId, ConnEntry>,
+        conn: ConnId,
+        msg: XsMsg,
+    ) -> Option<(&'a ConnEntry, usize)> {
+        let c = conns.get(&conn)?;
+        let event = msg.ty == XsType::WatchEvent.raw();
+        match c.out.push(msg) {
+            Pushed::Queued(n) => {
+                if event {
+                    self.counters.events.fetch_add(1, Ordering::Relaxed);
+                }
+                Some((c, n))
+            }
+            Pushed::Coalesced => {
+                self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Pushed::Closed => None,
         }
     }
 
-    /// Queues `msg` for `conn`; drops the connection if its queue is full.
-    fn push(
+    /// Queues events and answers the receivers now full, each once.
+    fn deliver(
+        &self,
+        conns: &HashMap<ConnId, ConnEntry>,
+        events: Vec<super::Event>,
+    ) -> Vec<(ConnId, Arc<OutQueue>, u16)> {
+        let mut full: Vec<(ConnId, Arc<OutQueue>, u16)> = Vec::new();
+        for ev in events {
+            let conn = ev.conn;
+            if let Some((c, n)) = self.push(conns, conn, ev.to_msg()) {
+                if n >= QUEUE_CAPACITY && !full.iter().any(|f| f.0 == conn) {
+                    full.push((conn, c.out.clone(), c.domid));
+                }
+            }
+        }
+        full
+    }
+
+    /// Queues events of a writer that never waits (dom0 for unprivileged
+    /// receivers, or the host): an unprivileged receiver past
+    /// [`UNPRIVILEGED_QUEUE_MAX`] is dropped.
+    fn deliver_unthrottled(&self, store: &mut Store, events: Vec<super::Event>) {
+        let mut conns = lock(&self.conns);
+        let full = self.deliver(&conns, events);
+        self.drop_overfull(store, &mut conns, full.iter().map(|f| (f.0, f.2)));
+    }
+
+    fn drop_overfull(
         &self,
         store: &mut Store,
         conns: &mut HashMap<ConnId, ConnEntry>,
-        conn: ConnId,
-        msg: XsMsg,
+        full: impl Iterator<Item = (ConnId, u16)>,
     ) {
-        let Some(c) = conns.get(&conn) else { return };
-        match c.out.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Closed(_)) => {}
-            Err(TrySendError::Full(_)) => {
+        for (id, domid) in full {
+            let over = conns
+                .get(&id)
+                .is_some_and(|c| c.out.len() > UNPRIVILEGED_QUEUE_MAX);
+            if domid != 0 && over {
                 tracing::warn!(
-                    %conn,
-                    domid = c.domid,
-                    "xenstored: dropping a connection that does not read its messages ({QUEUE_CAPACITY} queued)"
+                    conn = %id,
+                    domid,
+                    "xenstored: dropping an unprivileged connection that does not read its messages ({UNPRIVILEGED_QUEUE_MAX} queued)"
                 );
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                self.kill(store, conns, conn);
+                self.kill(store, conns, id);
             }
         }
     }
@@ -307,6 +468,7 @@ impl Inner {
     /// Forgets a connection and stops its tasks.
     fn kill(&self, store: &mut Store, conns: &mut HashMap<ConnId, ConnEntry>, conn: ConnId) {
         if let Some(c) = conns.remove(&conn) {
+            c.out.close();
             if let Some(r) = c.reader {
                 r.abort();
             }
@@ -315,6 +477,21 @@ impl Inner {
             }
         }
         store.disconnect(conn);
+    }
+
+    /// Drops `conn` if it is still open (an unprivileged receiver stalled).
+    fn kill_stalled(&self, conn: ConnId) {
+        let mut store = lock(&self.store);
+        let mut conns = lock(&self.conns);
+        if conns.contains_key(&conn) {
+            tracing::warn!(
+                %conn,
+                "xenstored: dropping an unprivileged connection that wrote nothing for {:?} while a writer waited",
+                stall_limit()
+            );
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.kill(&mut store, &mut conns, conn);
+        }
     }
 
     /// At stop: no more accepting or reading; the writers are returned to
@@ -330,30 +507,89 @@ impl Inner {
             if let Some(r) = c.reader {
                 r.abort();
             }
+            c.out.close();
             writers.extend(c.writer);
             store.disconnect(id);
         }
         writers
     }
 
-    /// Handles one request of `conn`.
-    fn request(&self, conn: ConnId, domid: u16, msg: &XsMsg) {
+    /// Handles one request of `conn`; answers the receivers the connection
+    /// must wait for before its next request.
+    fn request(self: &Arc<Self>, conn: ConnId, domid: u16, msg: &XsMsg) -> Vec<Wait> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut store = lock(&self.store);
         let out = store.handle(conn, domid, msg);
         tracing::trace!(%conn, request = ?msg, reply = ?out.reply, "xenstored");
-        {
-            let mut conns = lock(&self.conns);
-            self.push(&mut store, &mut conns, conn, out.reply);
+        let released = match (msg.kind(), out.reply.error_name()) {
+            (Some(XsType::Release), None) => first_domid(msg),
+            _ => None,
+        };
+        let introduced = match (msg.kind(), out.reply.error_name()) {
+            (Some(XsType::Introduce), None) => first_domid(msg),
+            _ => None,
+        };
+        let mut conns = lock(&self.conns);
+        // The reply is always queued: replies are bounded by the
+        // `outstanding` limit on reading.
+        let _ = self.push(&conns, conn, out.reply);
+        let full = self.deliver(&conns, out.events);
+        let privileged = domid == 0;
+        let mut waits = Vec::new();
+        let mut overfull = Vec::new();
+        for (id, q, rdomid) in full {
+            let unprivileged = rdomid != 0;
+            if privileged && unprivileged && id != conn {
+                overfull.push((id, rdomid));
+            } else {
+                waits.push(Wait {
+                    conn: id,
+                    out: q,
+                    unprivileged,
+                });
+            }
         }
-        self.deliver(&mut store, out.events);
+        self.drop_overfull(&mut store, &mut conns, overfull.into_iter());
+        if let Some(d) = released {
+            drop(conns);
+            self.close_domain(&mut store, d);
+        }
+        drop(store);
+        if let Some(d) = introduced {
+            if let Err(e) = self.listen(d) {
+                tracing::error!(domid = d, error = %e, "xenstored: cannot open the domain's socket");
+            }
+        }
+        waits
+    }
+
+    /// Waits until `w` has room (see [`QUEUE_CAPACITY`]).
+    async fn wait_room(&self, w: Wait) {
+        self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+        if !w.unprivileged {
+            w.out.room(QUEUE_CAPACITY).await;
+            return;
+        }
+        loop {
+            let before = w.out.sent();
+            match tokio::time::timeout(stall_limit(), w.out.room(QUEUE_CAPACITY)).await {
+                Ok(()) => return,
+                Err(_) if w.out.sent() == before => {
+                    self.kill_stalled(w.conn);
+                    return;
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// The connection's reader ended (EOF or error): forget it; its writer
     /// finishes what is queued, then closes.
     fn reader_done(&self, conn: ConnId) {
         let mut store = lock(&self.store);
-        lock(&self.conns).remove(&conn);
+        if let Some(c) = lock(&self.conns).remove(&conn) {
+            c.out.close();
+        }
         store.disconnect(conn);
     }
 
@@ -363,6 +599,54 @@ impl Inner {
         let mut conns = lock(&self.conns);
         self.kill(&mut store, &mut conns, conn);
     }
+
+    /// Registers a new connection of `domid` unless refused: its domain is
+    /// not introduced (released meanwhile), or it has too many.
+    fn admit(&self, id: ConnId, domid: u16, out: Arc<OutQueue>) -> Result<(), XsErrno> {
+        let store = lock(&self.store);
+        if !store.is_introduced(domid) {
+            return Err(XsErrno::Enoent);
+        }
+        let mut conns = lock(&self.conns);
+        if domid != 0
+            && conns.values().filter(|c| c.domid == domid).count() >= MAX_CONNECTIONS_PER_DOMAIN
+        {
+            return Err(XsErrno::Enospc);
+        }
+        conns.insert(
+            id,
+            ConnEntry {
+                domid,
+                out,
+                reader: None,
+                writer: None,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// The domid a (successful) INTRODUCE or RELEASE names.
+fn first_domid(msg: &XsMsg) -> Option<u16> {
+    let first = *msg.parts().first()?;
+    std::str::from_utf8(first).ok()?.parse().ok()
+}
+
+/// Answers a refused connection with an error message (request id 0) and
+/// closes it.
+fn refuse(stream: UnixStream, domid: u16, errno: XsErrno) {
+    match errno {
+        XsErrno::Enospc => tracing::warn!(
+            domid,
+            "xenstored: refusing a connection: domain {domid} has {MAX_CONNECTIONS_PER_DOMAIN} open"
+        ),
+        _ => tracing::debug!(
+            domid,
+            "xenstored: refusing a connection of a released domain"
+        ),
+    }
+    // A fresh socket's buffer takes these few bytes at once.
+    let _ = stream.try_write(&XsMsg::error(0, 0, errno).to_bytes());
 }
 
 async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
@@ -377,8 +661,14 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
             }
         };
         let id = ConnId(inner.next_conn.fetch_add(1, Ordering::Relaxed));
+        let out = Arc::new(OutQueue::default());
+        // Registered before its tasks run, so that nothing is lost.
+        if let Err(errno) = inner.admit(id, domid, out.clone()) {
+            inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            refuse(stream, domid, errno);
+            continue;
+        }
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let limit = {
             let q = lock(&inner.store).quotas().outstanding as usize;
             if domid == 0 || q == 0 {
@@ -388,21 +678,11 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
             }
         };
         let sem = Arc::new(Semaphore::new(limit));
-        // Registered before its tasks run, so that nothing is lost.
-        lock(&inner.conns).insert(
-            id,
-            ConnEntry {
-                domid,
-                out: tx,
-                reader: None,
-                writer: None,
-            },
-        );
         let span = tracing::info_span!("xenstored-conn", %id, domid);
         let r = tokio::spawn(
             reader(inner.clone(), id, domid, rd, sem.clone()).instrument(span.clone()),
         );
-        let w = tokio::spawn(writer(inner.clone(), id, wr, rx, sem).instrument(span));
+        let w = tokio::spawn(writer(inner.clone(), id, wr, out, sem).instrument(span));
         match lock(&inner.conns).get_mut(&id) {
             Some(c) => {
                 c.reader = Some(r.abort_handle());
@@ -449,7 +729,11 @@ async fn reader(
                 break;
             }
         };
-        inner.request(id, domid, &msg);
+        // The writer is throttled: its next request waits for the
+        // receivers its events filled.
+        for w in inner.request(id, domid, &msg) {
+            inner.wait_room(w).await;
+        }
     }
 }
 
@@ -457,24 +741,18 @@ async fn writer(
     inner: Arc<Inner>,
     id: ConnId,
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<XsMsg>,
+    out: Arc<OutQueue>,
     sem: Arc<Semaphore>,
 ) {
     let mut buf = Vec::new();
-    while let Some(first) = rx.recv().await {
+    while let Some(batch) = out.take(WRITE_BATCH).await {
         buf.clear();
         let mut replies = 0;
-        let mut next = Some(first);
-        while let Some(m) = next {
+        for m in &batch {
             if m.ty != XsType::WatchEvent.raw() {
                 replies += 1;
             }
             buf.extend_from_slice(&m.to_bytes());
-            next = if buf.len() < 64 * 1024 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
         }
         if let Err(e) = wr.write_all(&buf).await {
             tracing::debug!(error = %e, "xenstored: connection write failed");
@@ -483,7 +761,12 @@ async fn writer(
             return;
         }
         sem.add_permits(replies);
+        out.wrote(batch.len());
     }
     sem.close();
     let _ = wr.shutdown().await;
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
