@@ -238,6 +238,14 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
         .peer_key(keys::SECTORS)?
         .parse()
         .map_err(|e| DeviceError::failed(format!("device {}: sectors: {e}", conn.id())))?;
+    // The export's size in bytes must fit in 64 bits (NBD's size field,
+    // and every byte offset computed from a sector number).
+    if sectors.checked_mul(512).is_none() {
+        return Err(DeviceError::failed(format!(
+            "device {}: sectors {sectors}: more than 2^64 bytes of 512-byte sectors",
+            conn.id()
+        )));
+    }
     let info = match conn.peer_keys().get(keys::INFO) {
         None => 0,
         Some(_) => conn.peer_u32(keys::INFO)?,
