@@ -3,7 +3,9 @@
 //! end, frames shorter than an Ethernet header or longer than the MTU, a
 //! reference it never granted, a chain of 19 slots, a chain whose sizes do
 //! not add up, an extra-info slot nobody negotiated, a chain longer than
-//! the ring (answered as it comes, never waited for to its end). Each is answered
+//! the ring (answered as it comes, never waited for to its end). A second
+//! device sends an extra-info chain longer than the ring: the backend
+//! fails that device (its data slots cannot be found) instead of waiting. Each is answered
 //! NETIF_RSP_ERROR (the extra-info slot NETIF_RSP_NULL), dropped and
 //! counted; the good frames around them go through to the TAP device, and
 //! the daemon carries on and exits cleanly.
@@ -17,11 +19,12 @@ use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use xenring::abi::netif::{
     keys, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR,
-    NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+    NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
 };
 use xenring::platform::{Access, Platform};
 use xenring::ring::RingClient;
 use xenring::sim::{HostConfig, SimDomain};
+use xenring::xenbus::{read_error, Side};
 use xenring::xenstore::XsClient;
 use xenring_examples::demo_vif::NetNs;
 use xenring_examples::system::System;
@@ -82,6 +85,33 @@ impl FrontendDevice for Hostile {
             conn.set_key(keys::REQUEST_RX_COPY, "1");
             conn.set_key(keys::FEATURE_RX_NOTIFY, "1");
             conn.ready().await?;
+
+            if conn.id().devid == 1 {
+                // Device 1: an extra-info chain longer than the ring. The
+                // backend cannot tell where the packet's data resumes and
+                // must fail the device, not wait for the chain's end.
+                let mut reqs = vec![req(g, 0, NETTXF_EXTRA_INFO, 60)];
+                for _ in 0..LONG_CHAIN {
+                    let mut extra = [0u8; 12];
+                    extra[0] = 1; // XEN_NETIF_EXTRA_TYPE_GSO
+                    extra[1] = XEN_NETIF_EXTRA_FLAG_MORE;
+                    reqs.push(TxReq::new_unchecked(extra));
+                }
+                let (mut sink, _stream) = tx.split();
+                let feed = async {
+                    for r in reqs {
+                        sink.feed(r).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    _ = feed => {}
+                    _ = conn.stopped() => {}
+                }
+                conn.stopped().await;
+                drop(page);
+                return Ok(());
+            }
 
             let chain = |n: usize, first: u16, each: u16| -> Vec<TxReq> {
                 (0..n)
@@ -205,6 +235,27 @@ async fn malformed_frames_are_refused_counted_and_survived() -> anyhow::Result<(
         ("good again", vec![ok]),
     ];
     assert_eq!(got, want, "backend log:\n{}", backend.log());
+
+    // Device 1 sends more extra-info slots than the ring holds: the
+    // backend fails that device (bounded wait: the old backend waited for
+    // the chain's end for ever and wrote no error).
+    let id1 = sys.add_vif(1, 1, &[("tap", "vif1.1")], &[]).await?;
+    let mut err = None;
+    for _ in 0..600 {
+        if let Some(e) = read_error(sys.xs(), &id1, Side::Backend).await? {
+            err = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = err.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no error for device 1 after 30 s\nbackend:\n{}",
+            backend.log()
+        )
+    })?;
+    assert!(err.contains("extra-info"), "{err}");
+    sys.remove(&id1, Duration::from_secs(10)).await?;
 
     sys.remove(&id, Duration::from_secs(10)).await?;
     stop.cancel();
