@@ -23,6 +23,11 @@
 //! frontend's pages by one batch of grant copies, and written to the TAP
 //! device; every request is answered (`NETIF_RSP_ERROR` for a bad packet,
 //! which is counted and dropped, `NETIF_RSP_NULL` for an extra-info slot).
+//! A chain is never waited for beyond its 19th slot (one more than any
+//! frame may use): a longer one, perhaps longer than the ring itself, is
+//! refused and counted once, and its later slots are answered
+//! `NETIF_RSP_ERROR` as they come; more than [`MAX_EXTRAS`] extra-info
+//! slots in a row fail the device (the packet's data slots cannot be found).
 //!
 //! Receive (TAP to frontend): the frontend posts rx requests naming its
 //! receive pool's slots ([`xenring::rxpool`]); each frame read from the TAP
@@ -45,7 +50,7 @@ use xenring::abi::netif::{
     check_tap_name, keys, parse_mtu, NetifRxRequest, NetifRxResponse, NetifTxRequest,
     NetifTxResponse, ETH_HLEN, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
     NETRXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
-    XEN_NETIF_NR_SLOTS_MIN,
+    XEN_NETIF_EXTRA_TYPE_MAX, XEN_NETIF_NR_SLOTS_MIN,
 };
 use xenring::platform::{CopyPtr, DomId, GnttabStatus, GrantCopy, LocalPages, Platform};
 use xenring::ring::{RingEndpoint, RingServer};
@@ -65,6 +70,8 @@ pub use xenring::abi::netif::{DEFAULT_MTU, MAX_MTU};
 /// Tx requests taken (and answered) per batch; also the staging pages of
 /// the grant copies.
 const TX_BATCH: usize = 64;
+/// Extra-info slots one tx packet may carry (one of each type Xen defines).
+pub const MAX_EXTRAS: usize = XEN_NETIF_EXTRA_TYPE_MAX as usize - 1;
 /// Frames read from the TAP device per batch (and filled with one batch of
 /// grant copies in copy mode).
 const RX_BATCH: usize = 64;
@@ -327,6 +334,9 @@ struct Packet {
     extras: Vec<u16>,
     /// Why it is refused, if it is.
     bad: Option<String>,
+    /// Counted in `bad frames` when refused (false for the later slots of
+    /// a chain refused for its length: that chain was counted once).
+    counted: bool,
 }
 
 /// Checks one packet's slots: the frame's length is the first slot's
@@ -379,6 +389,9 @@ async fn tx_loop(
     let mut reqs: VecDeque<TxReq> = VecDeque::new();
     let mut frame = vec![0u8; PAGE_SIZE];
     let max_frame = cfg.max_frame();
+    // Inside the rest of a chain refused for its length: each slot is
+    // answered as it comes, until the one without NETTXF_more_data.
+    let mut skipping = false;
     loop {
         // At least one request, then what else is there (up to a batch).
         match tx.next().await {
@@ -399,20 +412,46 @@ async fn tx_loop(
                 slots: vec![first],
                 extras: Vec::new(),
                 bad: None,
+                counted: true,
             };
             let mut flags = first.flags();
+            if skipping {
+                skipping = flags & NETTXF_MORE_DATA != 0;
+                p.bad = Some("the rest of a chain refused for its length".into());
+                p.counted = false;
+                packets.push(p);
+                continue;
+            }
             let mut extra_more = flags & NETTXF_EXTRA_INFO != 0;
             if extra_more {
                 p.bad = Some("extra-info slots (none were negotiated)".into());
             }
             // Extra-info descriptors follow the first slot.
             while extra_more {
+                if p.extras.len() >= MAX_EXTRAS {
+                    // Where the packet's data slots resume is unknown: the
+                    // ring cannot be followed any more.
+                    return Err(DeviceError::failed(format!(
+                        "a tx packet with more than {MAX_EXTRAS} extra-info slots"
+                    )));
+                }
                 let e = next_req(&mut tx, &mut reqs).await?;
                 p.extras.push(e.id());
                 // The descriptor's flags byte is at offset 1.
                 extra_more = e.as_bytes()[1] & XEN_NETIF_EXTRA_FLAG_MORE != 0;
             }
             while flags & NETTXF_MORE_DATA != 0 {
+                if p.slots.len() > XEN_NETIF_NR_SLOTS_MIN {
+                    // Longer than any frame may be (and maybe than the
+                    // ring: waiting for its end could wait for ever).
+                    // Refuse what came, answer the rest as it comes.
+                    p.bad = Some(format!(
+                        "a chain of more than {} slots",
+                        XEN_NETIF_NR_SLOTS_MIN + 1
+                    ));
+                    skipping = true;
+                    break;
+                }
                 let s = next_req(&mut tx, &mut reqs).await?;
                 flags = s.flags();
                 p.slots.push(s);
@@ -500,7 +539,9 @@ async fn tx_packets(
         for (k, (p, step)) in chunk.iter().zip(plan).enumerate() {
             let status = match step {
                 Err(why) => {
-                    stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    if p.counted {
+                        stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::debug!(why, "dropping a bad frame from the frontend");
                     NETIF_RSP_ERROR
                 }
@@ -651,6 +692,7 @@ mod tests {
             slots,
             extras: Vec::new(),
             bad: None,
+            counted: true,
         }
     }
 

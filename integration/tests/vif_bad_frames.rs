@@ -2,7 +2,10 @@
 //! real backend daemon malformed transmit requests: data crossing the page
 //! end, frames shorter than an Ethernet header or longer than the MTU, a
 //! reference it never granted, a chain of 19 slots, a chain whose sizes do
-//! not add up, an extra-info slot nobody negotiated. Each is answered
+//! not add up, an extra-info slot nobody negotiated, a chain longer than
+//! the ring (answered as it comes, never waited for to its end). A second
+//! device sends an extra-info chain longer than the ring: the backend
+//! fails that device (its data slots cannot be found) instead of waiting. Each is answered
 //! NETIF_RSP_ERROR (the extra-info slot NETIF_RSP_NULL), dropped and
 //! counted; the good frames around them go through to the TAP device, and
 //! the daemon carries on and exits cleanly.
@@ -11,15 +14,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{join_all, BoxFuture};
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use xenring::abi::netif::{
     keys, NetifRxRequest, NetifRxResponse, NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR,
-    NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+    NETIF_RSP_NULL, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
 };
 use xenring::platform::{Access, Platform};
 use xenring::ring::RingClient;
 use xenring::sim::{HostConfig, SimDomain};
+use xenring::xenbus::{read_error, Side};
 use xenring::xenstore::XsClient;
 use xenring_examples::demo_vif::NetNs;
 use xenring_examples::system::System;
@@ -29,6 +34,9 @@ type TxReq = NetifTxRequest<[u8; 12]>;
 type TxRsp = NetifTxResponse<[u8; 4]>;
 type RxReq = NetifRxRequest<[u8; 8]>;
 type RxRsp = NetifRxResponse<[u8; 8]>;
+
+/// Slots of the over-long chain: more than the tx ring's 256.
+const LONG_CHAIN: usize = 300;
 
 /// (case, the statuses it got).
 type Results = Arc<Mutex<Option<Vec<(&'static str, Vec<i16>)>>>>;
@@ -78,6 +86,33 @@ impl FrontendDevice for Hostile {
             conn.set_key(keys::FEATURE_RX_NOTIFY, "1");
             conn.ready().await?;
 
+            if conn.id().devid == 1 {
+                // Device 1: an extra-info chain longer than the ring. The
+                // backend cannot tell where the packet's data resumes and
+                // must fail the device, not wait for the chain's end.
+                let mut reqs = vec![req(g, 0, NETTXF_EXTRA_INFO, 60)];
+                for _ in 0..LONG_CHAIN {
+                    let mut extra = [0u8; 12];
+                    extra[0] = 1; // XEN_NETIF_EXTRA_TYPE_GSO
+                    extra[1] = XEN_NETIF_EXTRA_FLAG_MORE;
+                    reqs.push(TxReq::new_unchecked(extra));
+                }
+                let (mut sink, _stream) = tx.split();
+                let feed = async {
+                    for r in reqs {
+                        sink.feed(r).await?;
+                    }
+                    sink.flush().await
+                };
+                tokio::select! {
+                    _ = feed => {}
+                    _ = conn.stopped() => {}
+                }
+                conn.stopped().await;
+                drop(page);
+                return Ok(());
+            }
+
             let chain = |n: usize, first: u16, each: u16| -> Vec<TxReq> {
                 (0..n)
                     .map(|i| {
@@ -99,17 +134,41 @@ impl FrontendDevice for Hostile {
                     "extra-info",
                     vec![req(g, 0, NETTXF_EXTRA_INFO, 60), req(0, 0, 0, 0)],
                 ),
+                // More slots than the ring has: the backend must answer
+                // some before the chain's end can even be sent.
+                ("a chain longer than the ring", chain(LONG_CHAIN, 60, 60)),
                 ("good again", vec![req(g, 0, 0, 1514)]),
             ];
             let mut got = Vec::new();
+            // Through the sink, so that the requests enter the ring in
+            // order (a chain's slots must), and the responses come out of
+            // the stream in the backend's order; the sink waits for free
+            // slots when the ring is full.
+            let (mut sink, mut stream) = tx.split();
             for (name, reqs) in cases {
-                let rsps = join_all(reqs.into_iter().map(|r| tx.call(r))).await;
-                let statuses = rsps
-                    .into_iter()
-                    .map(|r| r.map(|r| r.status()))
-                    .collect::<Result<Vec<i16>, _>>()
-                    .map_err(|e| fail(&e))?;
-                got.push((name, statuses));
+                let n = reqs.len();
+                let feed = async {
+                    for r in reqs {
+                        sink.feed(r).await?;
+                    }
+                    sink.flush().await
+                };
+                let take = async {
+                    let mut statuses = Vec::with_capacity(n);
+                    while statuses.len() < n {
+                        match stream.next().await {
+                            Some(r) => statuses.push(r?.status()),
+                            None => break,
+                        }
+                    }
+                    Ok(statuses)
+                };
+                let (fed, statuses) = tokio::join!(feed, take);
+                fed.map_err(|e| fail(&e))?;
+                got.push((
+                    name,
+                    statuses.map_err(|e: xenring::ring::AsyncRingError| fail(&e))?,
+                ));
             }
             *results.lock().unwrap() = Some(got);
             conn.stopped().await;
@@ -172,9 +231,31 @@ async fn malformed_frames_are_refused_counted_and_survived() -> anyhow::Result<(
         ("19 slots", vec![err; 19]),
         ("sizes do not add up", vec![err; 2]),
         ("extra-info", vec![err, null]),
+        ("a chain longer than the ring", vec![err; LONG_CHAIN]),
         ("good again", vec![ok]),
     ];
-    assert_eq!(got, want);
+    assert_eq!(got, want, "backend log:\n{}", backend.log());
+
+    // Device 1 sends more extra-info slots than the ring holds: the
+    // backend fails that device (bounded wait: the old backend waited for
+    // the chain's end for ever and wrote no error).
+    let id1 = sys.add_vif(1, 1, &[("tap", "vif1.1")], &[]).await?;
+    let mut err = None;
+    for _ in 0..600 {
+        if let Some(e) = read_error(sys.xs(), &id1, Side::Backend).await? {
+            err = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = err.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no error for device 1 after 30 s\nbackend:\n{}",
+            backend.log()
+        )
+    })?;
+    assert!(err.contains("extra-info"), "{err}");
+    sys.remove(&id1, Duration::from_secs(10)).await?;
 
     sys.remove(&id, Duration::from_secs(10)).await?;
     stop.cancel();
@@ -185,7 +266,7 @@ async fn malformed_frames_are_refused_counted_and_survived() -> anyhow::Result<(
     assert!(backend.terminate(Duration::from_secs(10))?.success());
     let out = std::fs::read_to_string(out_path)?;
     assert!(out.contains("to tap 2 packets"), "{out}");
-    assert!(out.contains("bad frames 7"), "{out}");
+    assert!(out.contains("bad frames 8"), "{out}");
     sys.wait_clean(Duration::from_secs(10)).await?;
     sys.shutdown();
     Ok(())

@@ -124,7 +124,7 @@ pub struct Queue {
 /// What the backend offered, as this connection uses it.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
-    /// Size in 512-byte sectors.
+    /// Size in 512-byte sectors (checked: `sectors * 512` fits in a u64).
     pub sectors: u64,
     /// `VDISK_READONLY`.
     pub readonly: bool,

@@ -16,9 +16,12 @@
 //! requests wait, and requests that were on the dead rings are sent again
 //! on the new ones (reads and writes are idempotent), so a request is
 //! answered to the client only once the backend answered it. Unaligned
-//! writes are read-modify-write, one at a time.
+//! writes are read-modify-write, holding their sectors against every other
+//! write of them until the write-back is answered (`order.rs`); a
+//! zero-length write changes nothing and is answered at once.
 
 pub mod disk;
+mod order;
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +39,7 @@ use xenring::xenbus::device::{DeviceError, FrontendConn, NATIVE_PROTOCOL};
 use xenring::xenbus::paths::DeviceId;
 
 use self::disk::{Disk, DiskError, Geometry, PagePool, Queue, Req, Rsp};
+use self::order::SectorLocks;
 use crate::device::FrontendDevice;
 use crate::nbd::{self, proto, Errno, Export, ExportInfo};
 
@@ -105,7 +109,8 @@ enum Current {
 #[derive(Debug)]
 struct Device {
     current: watch::Sender<Current>,
-    rmw: tokio::sync::Mutex<()>,
+    /// Orders writes of the same sectors (all clients of the device).
+    writes: SectorLocks,
     accept: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
     tcp: Option<String>,
@@ -170,7 +175,7 @@ impl VbdFrontend {
         let (current, _) = watch::channel(Current::Waiting);
         let mut dev = Device {
             current,
-            rmw: tokio::sync::Mutex::new(()),
+            writes: SectorLocks::new(),
             accept: Vec::new(),
             socket: path,
             tcp: tcp
@@ -238,6 +243,14 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
         .peer_key(keys::SECTORS)?
         .parse()
         .map_err(|e| DeviceError::failed(format!("device {}: sectors: {e}", conn.id())))?;
+    // The export's size in bytes must fit in 64 bits (NBD's size field,
+    // and every byte offset computed from a sector number).
+    if sectors.checked_mul(512).is_none() {
+        return Err(DeviceError::failed(format!(
+            "device {}: sectors {sectors}: more than 2^64 bytes of 512-byte sectors",
+            conn.id()
+        )));
+    }
     let info = match conn.peer_keys().get(keys::INFO) {
         None => 0,
         Some(_) => conn.peer_u32(keys::INFO)?,
@@ -476,23 +489,27 @@ impl VbdExport {
     }
 
     async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<(), Errno> {
+        if data.is_empty() {
+            // Nothing to write: never a read-modify-write of a sector.
+            return Ok(());
+        }
+        let first = offset / 512;
+        let end = (offset + data.len() as u64).div_ceil(512);
+        let aligned = offset % 512 == 0 && data.len() % 512 == 0;
+        // Aligned writes share their sectors; a read-modify-write holds
+        // them alone from its read until its write-back is answered.
+        let _held = self.dev.writes.lock(first, end, !aligned).await;
         let data = Arc::new(data);
-        if offset % 512 == 0 && data.len() % 512 == 0 {
+        if aligned {
             return self
                 .with_disk(move |d| {
                     let data = data.clone();
-                    Box::pin(async move { d.write(offset / 512, &data).await })
+                    Box::pin(async move { d.write(first, &data).await })
                 })
                 .await;
         }
-        // Read-modify-write of the sectors the range touches.
-        let _one_at_a_time = self.dev.rmw.lock().await;
-        let first = offset / 512;
         let mut buf = self
-            .read_at(
-                first * 512,
-                ((offset + data.len() as u64).div_ceil(512) - first) as usize * 512,
-            )
+            .read_at(first * 512, ((end - first) * 512) as usize)
             .await?;
         let skip = (offset - first * 512) as usize;
         buf[skip..skip + data.len()].copy_from_slice(&data);
@@ -549,6 +566,8 @@ impl Export for VbdExport {
             if end <= first {
                 return Ok(());
             }
+            // Not in the middle of a read-modify-write of these sectors.
+            let _held = self.dev.writes.lock(first, end, false).await;
             match self
                 .with_disk(move |d| Box::pin(async move { d.discard(first, end - first).await }))
                 .await

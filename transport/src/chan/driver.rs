@@ -4,7 +4,10 @@
 //! * The **read loop** reads the byte stream into a buffer, decodes every
 //!   complete frame and applies it. It never waits on a channel: DATA goes
 //!   into the channel's buffer (bounded by the window this end granted), so
-//!   a channel whose reader is slow cannot hold up the others.
+//!   a channel whose reader is slow cannot hold up the others. The buffer
+//!   is one allocation of `READ_BUFFER` bytes, reused once every payload
+//!   sliced from it is gone, else replaced by another of the same size
+//!   (what a channel's unread payloads may keep alive: `rxbuf.rs`).
 //! * The **write loop** sleeps on a [`Notify`] until something is queued,
 //!   takes a batch (control frames first, then DATA round robin across the
 //!   ready channels within their send windows, EOFs after a channel's last
@@ -41,11 +44,9 @@ use tokio::sync::{watch, Notify};
 
 use super::entry::Effects;
 use super::frame::{self, Frame, CONNECTION, MAX_PAYLOAD};
+use super::rxbuf::{READ_BUFFER, READ_CHUNK};
 use super::state::{Inner, BATCH};
 use super::ChanError;
-
-/// Bytes asked of the stream per read.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// What the driver, the handles and the channels share.
 #[derive(Debug)]
@@ -109,7 +110,7 @@ where
     // written (it would land inside a frame).
     let mid_batch = AtomicBool::new(false);
     // Outside the read loop's future, so that the loop can be resumed.
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut inbuf = BytesMut::with_capacity(READ_BUFFER);
     let first = tokio::select! {
         // The write loop first, so that our HELLO is on its way before the
         // peer's is judged.
@@ -181,8 +182,14 @@ where
             tracing::trace!(channel = frame.channel(), kind = %frame.kind(), "chan mux: frame in");
             shared.with(|inner, fx| inner.on_frame(frame, fx))?;
         }
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 && !buf.try_reclaim(READ_CHUNK) {
+            // Payloads still point into this allocation: start another of
+            // the same size, never a larger one (each zero-copy payload is
+            // charged READ_BUFFER for the allocation it keeps alive; see
+            // `rxbuf.rs`). What is left is less than a frame, so it fits.
+            let mut fresh = BytesMut::with_capacity(READ_BUFFER);
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
         }
         // One unit of tokio's budget per read: a stream that is always
         // ready (the peer writing at full speed) must not keep the write

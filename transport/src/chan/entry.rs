@@ -6,10 +6,11 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::task::Waker;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::oneshot;
 
 use super::frame::{Frame, Kind};
+use super::rxbuf::RxQueue;
 use super::ChanError;
 
 /// The answer an opener waits for.
@@ -56,10 +57,9 @@ pub(super) fn encode_valid(dst: &mut BytesMut, f: Frame) {
 /// One channel as the multiplexer sees it.
 #[derive(Debug)]
 pub(super) struct ChanState {
-    // Receive direction. Invariant (until EOF/RESET): rx_allowed + rx_len
-    // + credit_owed == our window.
-    pub(super) rx: VecDeque<Bytes>,
-    pub(super) rx_len: usize,
+    // Receive direction. Invariant (until EOF/RESET): rx_allowed +
+    // rx.len() + credit_owed == our window.
+    pub(super) rx: RxQueue,
     /// Bytes the peer may still send before our next CREDIT.
     pub(super) rx_allowed: u64,
     /// Bytes the reader consumed that have not been credited back.
@@ -89,8 +89,7 @@ pub(super) struct ChanState {
 impl ChanState {
     pub(super) fn new(window: u32, send_window: u64) -> ChanState {
         ChanState {
-            rx: VecDeque::new(),
-            rx_len: 0,
+            rx: RxQueue::default(),
             rx_allowed: u64::from(window),
             credit_owed: 0,
             rx_eof: false,

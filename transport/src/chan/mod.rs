@@ -9,6 +9,7 @@
 //! | `frame.rs` | the sans-IO wire format: [`frame::FrameHeader`], [`frame::Frame`], [`frame::decode`] |
 //! | `state.rs` | the channel table, windows and buffers; frames in, bytes out (no I/O) |
 //! | `entry.rs` | one channel's entry in the table; the wakeups delivered after the lock |
+//! | `rxbuf.rs` | one channel's unread data and the bound on its memory ([`RX_MEMORY_OVERHEAD`]) |
 //! | `driver.rs` | the one driver task: a read loop and a write loop over the stream |
 //! | `mux.rs` | [`Mux`], [`MuxHandle`], [`Incoming`], [`Channel`], [`MuxConfig`], [`MuxStats`] |
 //! | `error.rs` | [`ChanError`] |
@@ -69,7 +70,10 @@
 //!   what was sent), and treats more than it granted as a violation.
 //!   Unread data per channel is therefore bounded by the window, and the
 //!   driver never waits on a channel: a slow reader stalls only its own
-//!   channel's sender.
+//!   channel's sender. The memory it takes is bounded too: at most the
+//!   window plus [`RX_MEMORY_OVERHEAD`] per channel (small payloads are
+//!   copied into the channel's own chunks instead of keeping the shared
+//!   read buffer alive; see `rxbuf.rs`).
 //! * On each channel, DATA frames keep the order of the writes, and EOF
 //!   follows the last DATA; a RESET may overtake DATA (it aborts).
 //! * A fault of the peer (a bad frame, a violation) or an I/O error ends
@@ -85,6 +89,7 @@ mod entry;
 mod error;
 mod mux;
 mod proxy;
+mod rxbuf;
 mod state;
 
 #[cfg(test)]
@@ -97,4 +102,5 @@ pub use frame::{FrameError, Role};
 pub use mux::{Channel, Incoming, Mux, MuxConfig, MuxHandle, MuxStats, DEFAULT_WINDOW, MAX_WINDOW};
 mod stats;
 pub use proxy::{serve_incoming, serve_listener, ProxySummary, Target, TargetError};
+pub use rxbuf::RX_MEMORY_OVERHEAD;
 pub use stats::ChanStats;

@@ -309,6 +309,15 @@ impl Channel {
         self.id
     }
 
+    /// Bytes of memory the channel's unread data keeps allocated: at
+    /// most its unread bytes (so its window) plus
+    /// [`super::RX_MEMORY_OVERHEAD`], whatever the peer sends and however
+    /// slowly the channel is read. 0 once the channel is gone.
+    pub fn rx_memory(&self) -> usize {
+        let id = self.id;
+        self.shared.with(|inner, _| inner.rx_memory(id))
+    }
+
     /// Aborts the channel: the peer's reads (after the bytes already sent)
     /// and writes fail with `reason` (cut to
     /// [`super::frame::MAX_REASON`] bytes). Unsent buffered bytes are

@@ -13,11 +13,13 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -135,9 +137,10 @@ pub struct ProxySummary {
     /// Of those, the ones whose piping ended with an error (a reset, an
     /// I/O error) or was cut by the shutdown.
     pub failed: u64,
-    /// Bytes piped into channels (towards the multiplexer's peer).
+    /// Bytes piped into channels (towards the multiplexer's peer), by
+    /// every connection, also those that failed.
     pub bytes_to_peer: u64,
-    /// Bytes piped out of channels.
+    /// Bytes piped out of channels, by every connection.
     pub bytes_from_peer: u64,
     /// Why the proxy stopped if the multiplexer ended before the shutdown
     /// token was cancelled ([`ChanError::Closed`] when it closed in order).
@@ -154,27 +157,44 @@ impl fmt::Display for ProxySummary {
     }
 }
 
+/// Bytes one connection moved, however it ended.
+#[derive(Debug, Clone, Copy, Default)]
+struct Moved {
+    /// Written into the channel.
+    to_peer: u64,
+    /// Read out of the channel.
+    from_peer: u64,
+}
+
 /// How one connection ended.
 enum Outcome {
-    Done { to_peer: u64, from_peer: u64 },
+    Done(Moved),
     Refused,
-    Failed,
+    /// The piping ended with an error or was cut by the shutdown, after
+    /// moving these bytes.
+    Failed(Moved),
 }
 
 impl ProxySummary {
     fn add(&mut self, done: Result<Outcome, JoinError>) {
-        match done {
-            Ok(Outcome::Done { to_peer, from_peer }) => {
-                self.bytes_to_peer += to_peer;
-                self.bytes_from_peer += from_peer;
+        let moved = match done {
+            Ok(Outcome::Done(m)) => m,
+            Ok(Outcome::Refused) => {
+                self.refused += 1;
+                Moved::default()
             }
-            Ok(Outcome::Refused) => self.refused += 1,
-            Ok(Outcome::Failed) => self.failed += 1,
+            Ok(Outcome::Failed(m)) => {
+                self.failed += 1;
+                m
+            }
             Err(e) => {
                 tracing::error!("chan proxy: a connection task failed: {e}");
                 self.failed += 1;
+                Moved::default()
             }
-        }
+        };
+        self.bytes_to_peer += moved.to_peer;
+        self.bytes_from_peer += moved.from_peer;
     }
 
     async fn drain(&mut self, tasks: &mut JoinSet<Outcome>) {
@@ -226,7 +246,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) -> Outcome {
     let opened = tokio::select! {
-        _ = shutdown.cancelled() => return Outcome::Failed,
+        _ = shutdown.cancelled() => return Outcome::Failed(Moved::default()),
         opened = handle.open() => opened,
     };
     drop(handle);
@@ -283,7 +303,7 @@ async fn serve_channel(ch: Channel, target: Arc<Target>, shutdown: CancellationT
     let connected = tokio::select! {
         _ = shutdown.cancelled() => {
             ch.reset("proxy shutting down");
-            return Outcome::Failed;
+            return Outcome::Failed(Moved::default());
         }
         connected = target.connect() => connected,
     };
@@ -300,11 +320,17 @@ async fn serve_channel(ch: Channel, target: Arc<Target>, shutdown: CancellationT
 }
 
 /// Copies both ways until both directions ended (each EOF is passed on as
-/// a shutdown of the other side), an error, or the shutdown token.
-async fn pipe<S>(mut ch: Channel, mut s: S, what: &str, shutdown: &CancellationToken) -> Outcome
+/// a shutdown of the other side), an error, or the shutdown token. The
+/// bytes are counted as they pass, so a connection that fails after
+/// moving data reports it.
+async fn pipe<S>(ch: Channel, mut s: S, what: &str, shutdown: &CancellationToken) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut ch = Counted {
+        ch,
+        moved: Moved::default(),
+    };
     let copied = tokio::select! {
         // A connection that has finished counts as finished, even if the
         // shutdown came at the same moment.
@@ -312,19 +338,69 @@ where
         res = tokio::io::copy_bidirectional(&mut ch, &mut s) => Some(res),
         _ = shutdown.cancelled() => None,
     };
+    let Counted { ch, moved } = ch;
     match copied {
-        Some(Ok((from_peer, to_peer))) => {
-            tracing::debug!(to_peer, from_peer, "chan proxy: connection done");
-            Outcome::Done { to_peer, from_peer }
+        Some(Ok(_)) => {
+            tracing::debug!(
+                to_peer = moved.to_peer,
+                from_peer = moved.from_peer,
+                "chan proxy: connection done"
+            );
+            Outcome::Done(moved)
         }
         Some(Err(e)) => {
-            tracing::debug!("chan proxy: connection failed: {e}");
+            tracing::debug!(
+                to_peer = moved.to_peer,
+                from_peer = moved.from_peer,
+                "chan proxy: connection failed: {e}"
+            );
             ch.reset(&format!("{what}: {e}"));
-            Outcome::Failed
+            Outcome::Failed(moved)
         }
         None => {
             ch.reset("proxy shutting down");
-            Outcome::Failed
+            Outcome::Failed(moved)
         }
+    }
+}
+
+/// A channel that counts the bytes read from it and written to it.
+struct Counted {
+    ch: Channel,
+    moved: Moved,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.ch).poll_read(cx, buf);
+        self.moved.from_peer += (buf.filled().len() - before) as u64;
+        res
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.ch).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = res {
+            self.moved.to_peer += n as u64;
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ch).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.ch).poll_shutdown(cx)
     }
 }

@@ -256,8 +256,7 @@ impl Inner {
         if st.detached {
             return Ok(()); // nobody will read it; a RESET follows our EOF
         }
-        st.rx_len += len;
-        st.rx.push_back(payload);
+        st.rx.push(payload);
         fx.wake(&mut st.read_waker);
         Ok(())
     }
@@ -453,21 +452,8 @@ impl Inner {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if st.rx_len > 0 {
-            let mut n = 0;
-            while buf.remaining() > 0 {
-                let Some(front) = st.rx.front_mut() else {
-                    break;
-                };
-                let k = front.len().min(buf.remaining());
-                buf.put_slice(&front[..k]);
-                front.advance(k);
-                if front.is_empty() {
-                    st.rx.pop_front();
-                }
-                n += k;
-            }
-            st.rx_len -= n;
+        if st.rx.len() > 0 {
+            let n = st.rx.read_into(buf);
             st.credit_owed += n as u64;
             let open = !st.rx_eof && st.peer_reset.is_none() && self.end.is_none();
             if open && st.credit_owed >= threshold {
@@ -497,6 +483,11 @@ impl Inner {
         }
         st.read_waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+
+    /// Memory kept by channel `id`'s unread data (0 if it is gone).
+    pub(super) fn rx_memory(&self, id: u32) -> usize {
+        self.chans.get(&id).map_or(0, |st| st.rx.held())
     }
 
     pub(super) fn poll_write(
@@ -591,7 +582,6 @@ impl Inner {
         } else if st.shutdown && !st.eof_sent {
             st.detached = true;
             st.rx.clear();
-            st.rx_len = 0;
             schedule(&mut self.ready, id, st, fx);
         } else if st.shutdown {
             self.reset_channel(id, "channel closed before the peer's EOF", fx);

@@ -207,6 +207,61 @@ async fn a_refusing_target_resets_only_its_channel() {
     assert_eq!((b.connections, b.refused), (3, 3), "{b}");
 }
 
+/// A connection that moved data both ways and then ended in an error (the
+/// peer reset its channel) still counts its bytes in the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connection_still_counts_its_bytes() {
+    const UP: usize = 3 << 20;
+    const DOWN: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("front.sock");
+    let ((fh, _fi), (_bh, mut bi)) = muxes();
+    let stop = CancellationToken::new();
+    let front = tokio::spawn(serve_listener(
+        UnixListener::bind(&sock).unwrap(),
+        fh.clone(),
+        stop.clone(),
+    ));
+    let mut client = guard(UnixStream::connect(&sock)).await.unwrap();
+    let up = pattern(7, UP);
+    let (mut cr, mut cw) = client.split();
+    let mut back = guard(bi.accept()).await.unwrap();
+    let mut got_up = vec![0u8; UP];
+    let mut got_down = vec![0u8; DOWN];
+    let (w, r) =
+        guard(async { tokio::join!(cw.write_all(&up), back.read_exact(&mut got_up)) }).await;
+    w.unwrap();
+    r.unwrap();
+    assert!(got_up == up);
+    let down = pattern(8, DOWN);
+    let (w, r) = guard(async {
+        tokio::join!(
+            async {
+                back.write_all(&down).await?;
+                back.flush().await
+            },
+            cr.read_exact(&mut got_down)
+        )
+    })
+    .await;
+    w.unwrap();
+    r.unwrap();
+    assert!(got_down == down);
+    // Now the peer fails the channel: the proxy's piping ends in an error.
+    back.reset("failing on purpose");
+    let mut rest = Vec::new();
+    let _ = guard(cr.read_to_end(&mut rest)).await;
+    settle(&fh).await;
+    stop.cancel();
+    let f = guard(front).await.unwrap();
+    assert_eq!((f.connections, f.failed), (1, 1), "{f}");
+    assert_eq!(
+        (f.bytes_to_peer, f.bytes_from_peer),
+        (UP as u64, DOWN as u64),
+        "{f}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_stops_when_the_mux_ends() {
     let dir = tempfile::tempdir().unwrap();

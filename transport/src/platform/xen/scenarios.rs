@@ -682,7 +682,7 @@ mod tests {
             }
             Ok::<_, PlatformError>(p.get())
         };
-        let r = unless_stalled(&p, Duration::from_secs(30), "slow", work).await;
+        let r: Result<u64> = unless_stalled(&p, Duration::from_secs(30), "slow", work).await;
         assert_eq!(r.unwrap(), 20);
         assert!(t.elapsed() >= Duration::from_secs(200));
     }
