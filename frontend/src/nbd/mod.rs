@@ -17,7 +17,9 @@ pub mod proto;
 mod server;
 
 pub use client::{ClientError, NbdClient};
-pub use server::{serve, Errno, Export, ExportInfo, MAX_IN_FLIGHT, MAX_REQUEST};
+pub use server::{
+    serve, Errno, Export, ExportInfo, MAX_INFLIGHT_BYTES, MAX_IN_FLIGHT, MAX_REQUEST,
+};
 
 #[cfg(test)]
 mod tests {
@@ -134,6 +136,106 @@ mod tests {
         let mut d = vec![0u8; c.read_u32().await.unwrap() as usize];
         c.read_exact(&mut d).await.unwrap();
         (opt, kind, d)
+    }
+
+    /// An export of zeroes that counts its reads.
+    #[derive(Debug, Default)]
+    struct Counting {
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Export for Counting {
+        fn info(&self) -> BoxFuture<'_, Result<ExportInfo, Errno>> {
+            Box::pin(async {
+                Ok(ExportInfo {
+                    size: 1 << 30,
+                    readonly: false,
+                    flush: true,
+                    trim: true,
+                })
+            })
+        }
+        fn read(&self, _offset: u64, len: usize) -> BoxFuture<'_, Result<Vec<u8>, Errno>> {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move { Ok(vec![0u8; len]) })
+        }
+        fn write(&self, _offset: u64, _data: Vec<u8>) -> BoxFuture<'_, Result<(), Errno>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn flush(&self) -> BoxFuture<'_, Result<(), Errno>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn trim(&self, _o: u64, _l: u64) -> BoxFuture<'_, Result<(), Errno>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn write_zeroes(&self, _o: u64, _l: u64) -> BoxFuture<'_, Result<(), Errno>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// A client that pipelines 1 MiB reads and never reads a reply gets
+    /// no more than the connection's bounds served: the server stops
+    /// reading its requests. (Before, a slot was freed when its reply was
+    /// queued, on an unbounded queue, so every request was read and
+    /// served and its MiB held: 2 GiB for 2,000 requests.)
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_no_replies_is_not_served_without_bound() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const REQUESTS: u64 = 100;
+        // A small pipe, as a socket's buffer is small next to 2,000 requests.
+        let (a, mut c) = tokio::io::duplex(1024);
+        let export = Arc::new(Counting::default());
+        let server = tokio::spawn(serve(a, export.clone() as Arc<dyn Export>));
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .await
+            .unwrap();
+        option(&mut c, OPT_EXPORT_NAME, &[]).await;
+        let mut info = [0u8; 10];
+        c.read_exact(&mut info).await.unwrap();
+        let (mut rd, mut wr) = tokio::io::split(c);
+        let sender = tokio::spawn(async move {
+            for i in 0..REQUESTS {
+                let req = proto::Request {
+                    flags: 0,
+                    kind: CMD_READ,
+                    handle: i,
+                    offset: i << 20,
+                    length: 1 << 20,
+                };
+                if wr.write_all(&req.encode()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Paused time advances only once every task is idle: the server
+        // has then read all it will read.
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let served = export.reads.load(std::sync::atomic::Ordering::Relaxed);
+        let bound = (MAX_INFLIGHT_BYTES as usize >> 20).min(MAX_IN_FLIGHT);
+        assert!(
+            served <= bound + 1,
+            "{served} reads of 1 MiB served to a client that reads no reply \
+             (bound: {bound} MiB in flight)"
+        );
+        assert!(!sender.is_finished(), "the server stopped reading requests");
+        // Once the client reads, everything is answered.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut answered = 0;
+        while answered < REQUESTS {
+            let mut head = [0u8; 16];
+            rd.read_exact(&mut head).await.unwrap();
+            rd.read_exact(&mut buf).await.unwrap();
+            answered += 1;
+        }
+        sender.await.unwrap();
+        assert_eq!(
+            export.reads.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            REQUESTS
+        );
+        drop((rd, server));
     }
 
     /// Raw handshakes: unknown options, LIST, INFO (with block sizes),

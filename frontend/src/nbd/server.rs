@@ -1,8 +1,15 @@
 //! The server side of NBD over any byte stream: fixed newstyle
 //! handshake, then the transmission phase with simple replies. Requests
-//! are handled concurrently (up to [`MAX_IN_FLIGHT`] per connection) and
-//! answered as they complete; one writer task sends the replies, so a
-//! reply and its data are never interleaved with another's.
+//! are handled concurrently and answered as they complete; one writer task
+//! sends the replies, so a reply and its data are never interleaved with
+//! another's.
+//!
+//! Memory per connection is bounded: at most [`MAX_IN_FLIGHT`] requests
+//! and [`MAX_INFLIGHT_BYTES`] of their data (a write's payload, a read's
+//! reply) are held at once, from before a write's payload is read until
+//! its reply has been written to the client. A client that sends requests
+//! and never reads the replies fills that, and then the server reads no
+//! more requests from it (as qemu-nbd does).
 //!
 //! ```text
 //!   S: NBDMAGIC IHAVEOPT flags          C: client flags
@@ -17,7 +24,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::proto::*;
 
@@ -25,6 +32,9 @@ use super::proto::*;
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Largest request accepted (advertised as the maximum block size).
 pub const MAX_REQUEST: u32 = 32 << 20;
+/// Data bytes of one connection's requests held at once (payloads read,
+/// replies not yet written): one request of [`MAX_REQUEST`] fits.
+pub const MAX_INFLIGHT_BYTES: u32 = MAX_REQUEST;
 
 /// What an export is, as the handshake tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,10 +213,56 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// One reply for the writer task.
+/// One reply for the writer task, with the share of the connection's
+/// bounds its request took (given back once the reply is written).
 struct Reply {
     head: [u8; 16],
     data: Option<Vec<u8>>,
+    _held: Held,
+}
+
+/// A request's slot and data bytes ([`MAX_IN_FLIGHT`],
+/// [`MAX_INFLIGHT_BYTES`]).
+struct Held {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// The connection's bounds.
+struct Bounds {
+    slots: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Bounds {
+    fn new() -> Bounds {
+        Bounds {
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            bytes: Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES as usize)),
+        }
+    }
+
+    /// Waits for a slot and `bytes` (at most the whole budget).
+    async fn take(&self, bytes: u32) -> io::Result<Held> {
+        let closed = |_| io::Error::other("connection closing");
+        let slot = self.slots.clone().acquire_owned().await.map_err(closed)?;
+        let n = bytes.min(MAX_INFLIGHT_BYTES);
+        let bytes = if n == 0 {
+            None
+        } else {
+            Some(
+                self.bytes
+                    .clone()
+                    .acquire_many_owned(n)
+                    .await
+                    .map_err(closed)?,
+            )
+        };
+        Ok(Held {
+            _slot: slot,
+            _bytes: bytes,
+        })
+    }
 }
 
 /// Serves one NBD connection until the client disconnects (`Ok`) or
@@ -222,25 +278,28 @@ where
     };
     let (r, w) = both.into_inner();
     let w = BufWriter::new(w);
+    // Unbounded in type only: every reply holds a slot (MAX_IN_FLIGHT).
     let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(async move {
         let mut w = w;
         while let Some(rep) = rx.recv().await {
             w.write_all(&rep.head).await?;
-            if let Some(d) = rep.data {
-                w.write_all(&d).await?;
+            if let Some(d) = &rep.data {
+                w.write_all(d).await?;
             }
             if rx.is_empty() {
                 w.flush().await?;
             }
+            // Sent (or in the BufWriter, flushed before the next wait):
+            // its slot and bytes go back only now.
+            drop(rep);
         }
         w.flush().await?;
         w.shutdown().await
     });
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let result = transmission(r, &tx, &slots, &export, info).await;
-    // Wait for what is in flight, then let the writer drain and stop.
-    let _ = slots.acquire_many(MAX_IN_FLIGHT as u32).await;
+    let bounds = Bounds::new();
+    let result = transmission(r, &tx, &bounds, &export, info).await;
+    // Let what is in flight finish and the writer drain, then stop.
     drop(tx);
     let wrote = writer
         .await
@@ -251,7 +310,7 @@ where
 async fn transmission<R: AsyncRead + Unpin>(
     mut r: R,
     tx: &mpsc::UnboundedSender<Reply>,
-    slots: &Arc<Semaphore>,
+    bounds: &Bounds,
     export: &Arc<dyn Export>,
     info: ExportInfo,
 ) -> io::Result<()> {
@@ -267,26 +326,30 @@ async fn transmission<R: AsyncRead + Unpin>(
         if req.kind == CMD_DISC {
             return Ok(());
         }
+        if req.kind == CMD_WRITE && req.length > MAX_REQUEST {
+            return Err(proto_err(format!("write of {} bytes", req.length)));
+        }
+        // The data this request will hold: a write's payload, a read's
+        // reply (a read over MAX_REQUEST is refused without data).
+        let bytes = match req.kind {
+            CMD_WRITE => req.length,
+            CMD_READ if req.length <= MAX_REQUEST => req.length,
+            _ => 0,
+        };
+        // Taken before the payload is read, given back when the reply
+        // has been written: a client that reads no replies stops here.
+        let held = bounds.take(bytes).await?;
         let mut data = None;
         if req.kind == CMD_WRITE {
-            if req.length > MAX_REQUEST {
-                return Err(proto_err(format!("write of {} bytes", req.length)));
-            }
             let mut d = vec![0u8; req.length as usize];
             r.read_exact(&mut d).await?;
             data = Some(d);
         }
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| io::Error::other("closed"))?;
         let export = export.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let reply = handle(export.as_ref(), &info, req, data).await;
+            let reply = handle(export.as_ref(), &info, req, data, held).await;
             let _ = tx.send(reply);
-            drop(permit);
         });
     }
 }
@@ -296,16 +359,19 @@ async fn handle(
     info: &ExportInfo,
     req: Request,
     data: Option<Vec<u8>>,
+    held: Held,
 ) -> Reply {
     let res = run(export, info, &req, data).await;
     match res {
         Ok(d) => Reply {
             head: simple_reply(0, req.handle),
             data: d,
+            _held: held,
         },
         Err(e) => Reply {
             head: simple_reply(e, req.handle),
             data: None,
+            _held: held,
         },
     }
 }
