@@ -111,6 +111,8 @@ struct Device {
     current: watch::Sender<Current>,
     /// Orders writes of the same sectors (all clients of the device).
     writes: SectorLocks,
+    /// One permit per NBD client ([`MAX_CLIENTS`]).
+    clients: Arc<tokio::sync::Semaphore>,
     accept: Vec<tokio::task::JoinHandle<()>>,
     socket: PathBuf,
     tcp: Option<String>,
@@ -176,6 +178,7 @@ impl VbdFrontend {
         let mut dev = Device {
             current,
             writes: SectorLocks::new(),
+            clients: Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS)),
             accept: Vec::new(),
             socket: path,
             tcp: tcp
@@ -214,16 +217,26 @@ impl VbdFrontend {
     }
 }
 
+/// NBD clients one device serves at once (all sockets together); one
+/// more is closed at once (logged). With [`nbd::MAX_INFLIGHT_BYTES`] per
+/// connection, the export holds at most 16 x 32 MiB of request data.
+pub const MAX_CLIENTS: usize = 16;
+
 fn spawn_client<S>(s: S, dev: Arc<Device>, stats: Arc<VbdFrontStats>, id: DeviceId)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    let Ok(permit) = dev.clients.clone().try_acquire_owned() else {
+        tracing::warn!(device = %id, max = MAX_CLIENTS, "nbd client refused: the device serves its most clients");
+        return;
+    };
     stats.clients.fetch_add(1, Ordering::Relaxed);
     let export: Arc<dyn Export> = Arc::new(VbdExport { dev, stats });
     tokio::spawn(async move {
         if let Err(e) = nbd::serve(s, export).await {
             tracing::info!(device = %id, "nbd client ended: {e}");
         }
+        drop(permit);
     });
 }
 
