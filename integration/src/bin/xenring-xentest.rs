@@ -264,7 +264,7 @@ async fn chan_dom0(domu: DomId, stall: Duration) -> anyhow::Result<usize> {
     let (xs, _b) = xenstore().await?;
     let (target, echo) = xenring_examples::system::echo_server().await?;
     let log = PathBuf::from("/tmp/xenring-backend.log");
-    let backend = Kid::spawn("backend", &["--platform", "xen"], &log)?;
+    let backend = Kid::spawn("backend", &["--platform", "xen", "--devices", "chan"], &log)?;
     let id = DeviceId {
         kind: "chan".into(),
         frontend: domu,
@@ -518,7 +518,14 @@ async fn domu_chan(xs: &XsClient, bytes: u64) -> anyhow::Result<String> {
     let log = PathBuf::from("/tmp/xenring-frontend.log");
     let fe = Kid::spawn(
         "frontend",
-        &["--platform", "xen", "--socket-dir", "/tmp/chan"],
+        &[
+            "--platform",
+            "xen",
+            "--devices",
+            "chan",
+            "--socket-dir",
+            "/tmp/chan",
+        ],
         &log,
     )?;
     let sock = dir.join("chan-0.sock");
@@ -981,7 +988,16 @@ async fn domu_vbd(xs: &XsClient) -> anyhow::Result<String> {
     let log = PathBuf::from("/tmp/xenring-frontend-vbd.log");
     let fe = Kid::spawn(
         "frontend",
-        &["--platform", "xen", "--socket-dir", "/tmp/vbd"],
+        // Only vbd: a chan frontend here would take the chan device up
+        // again while dom0 removes it.
+        &[
+            "--platform",
+            "xen",
+            "--devices",
+            "vbd",
+            "--socket-dir",
+            "/tmp/vbd",
+        ],
         &log,
     )?;
     let _ = xs.write(CHAN_NOTE, "vbd frontend started").await;
@@ -1067,7 +1083,7 @@ async fn vbd_dom0(domu: DomId) -> anyhow::Result<usize> {
     let image = PathBuf::from("/tmp/xentest-vbd.img");
     std::fs::File::create(&image)?.set_len(VBD_BYTES)?;
     let log = PathBuf::from("/tmp/xenring-backend-vbd.log");
-    let backend = Kid::spawn("backend", &["--platform", "xen"], &log)?;
+    let backend = Kid::spawn("backend", &["--platform", "xen", "--devices", "vbd"], &log)?;
     let id = DeviceId {
         kind: "vbd".into(),
         frontend: domu,

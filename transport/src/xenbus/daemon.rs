@@ -329,6 +329,17 @@ impl Daemon {
             Side::Frontend => 1,
         };
         if parts.len() < depth {
+            // The watched directory itself, or a level above a device: the
+            // event may stand for many (a lagging watch's events coalesce
+            // into one for the watched path, and a watch set again after a
+            // reconnect fires once for it). Any device of the kind may have
+            // changed: tell every one, then look for new ones.
+            let prefix = format!("{base}/");
+            for (dir, e) in tasks.iter() {
+                if dir.starts_with(&prefix) {
+                    let _ = e.control.send(Control::OwnChanged);
+                }
+            }
             return self.rescan(kind, tasks, set, devices).await;
         }
         let dir = format!("{base}/{}", parts[..depth].join("/"));
