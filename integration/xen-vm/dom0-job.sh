@@ -65,14 +65,17 @@ if xl create -q /tmp/domu.cfg; then
   rmmod xen_blkback 2>/dev/null
   step vbd $T vbd-dom0 --domu "$DOMID"
   step bench $T bench-dom0 --domu "$DOMID" --bytes "$BENCH_BYTES" --rounds "$BENCH_ROUNDS"
-  step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
-  # The agent's verdict, through XenStore (read before the domain goes).
+  # The agent's verdict, through XenStore. It is written when the agent's
+  # benchmark part ends, and read here before bench_c: the domU's C server
+  # waits for bench_c, so the domain (and its home, which libxl removes
+  # when it powers off) is still there.
   agent=
   for i in $(seq 1 120); do
     agent=$(xenstore-read "/local/domain/$DOMID/data/xentest/agent" 2>/dev/null) && break
     sleep 1
   done
   echo "domU agent verdict: ${agent:-none within 120 s}"
+  step bench_c /tmp/bin/xen-c-bench client "$DOMID" "$BENCH_BYTES" "$BENCH_ROUNDS"
   for i in $(seq 1 60); do xl list xentest-domu >/dev/null 2>&1 || break; sleep 1; done
   xl list xentest-domu >/dev/null 2>&1 && { echo "domU still running: destroying"; xl destroy xentest-domu; }
   # xenconsoled may write the domU's last lines after the domain is gone:
