@@ -42,7 +42,11 @@ mod host;
 mod hv;
 pub mod report;
 pub mod selftest;
-mod wire;
+/// The host's control protocol (requests and replies on the control
+/// socket). Public only so that the fuzz targets (`transport/fuzz`) can
+/// reach its decoders; not part of the stable API.
+#[doc(hidden)]
+pub mod wire;
 
 pub use admin::SimAdmin;
 pub use domain::SimDomain;
