@@ -1,7 +1,9 @@
 //! Fuzzes the blkif and netif views ([`xenring::abi::blkif`],
-//! [`xenring::abi::netif`]) and the block backend's request checks
-//! (`xenring_backend::vbd::request::{check, parse_indirect_segments}`):
-//! what a frontend writes into a ring slot or an indirect page.
+//! [`xenring::abi::netif`]), the block backend's request checks
+//! (`xenring_backend::vbd::request::{check, parse_indirect_segments}`)
+//! and the net backend's check of a packet's tx slots
+//! (`xenring_backend::vif::check_tx_slots`): what a frontend writes into
+//! a ring slot or an indirect page.
 //!
 //! The input's first bytes set the device's limits (size in sectors,
 //! indirect segments offered, read-only, discard), then 112 bytes are a
@@ -16,7 +18,9 @@
 //! request names 1 to the offered segments and at most 8 pages, and its
 //! parsed segments (when the pages are there) pass the same checks; a
 //! discard lies inside the image; [`data_bytes`] bounds the data of every
-//! accepted read/write.
+//! accepted read/write; an accepted tx packet has 1 to 18 slots whose
+//! parts add up to the frame's length, within the limits, each inside its
+//! page.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +34,7 @@ use xenring::abi::netif::{
 use xenring_backend::vbd::request::{
     check, data_bytes, parse_indirect_segments, Checked, Limits, Req, SECTORS_PER_PAGE,
 };
+use xenring_backend::vif::check_tx_slots;
 
 fn seg_ok(s: &BlkifSegment) -> bool {
     s.first_sect <= s.last_sect && s.last_sect < SECTORS_PER_PAGE
@@ -105,8 +110,38 @@ fn views(data: &[u8]) {
     }
 }
 
+/// The vif backend's check of one packet's tx slots: the input read as up
+/// to 20 slots of 12 bytes, and a frame limit.
+fn tx_slots(data: &[u8]) {
+    let Some((&limit, rest)) = data.split_first() else {
+        return;
+    };
+    let max_frame = 14 + usize::from(limit) * 16;
+    let slots: Vec<NetifTxRequest<[u8; 12]>> = rest
+        .chunks_exact(12)
+        .take(20)
+        .map(|c| NetifTxRequest::new_unchecked(c.try_into().expect("12")))
+        .collect();
+    if let Ok(parts) = check_tx_slots(&slots, max_frame) {
+        assert_eq!(parts.len(), slots.len());
+        assert!((1..=18).contains(&slots.len()));
+        let total: usize = parts.iter().map(|(_, len)| len).sum();
+        assert_eq!(
+            total,
+            usize::from(slots[0].size()),
+            "the parts make the frame"
+        );
+        assert!((14..=max_frame).contains(&total));
+        assert!(
+            parts.iter().all(|(off, len)| off + len <= 4096),
+            "inside the page"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     views(data);
+    tx_slots(data);
     if data.len() < 4 + 112 {
         return;
     }
