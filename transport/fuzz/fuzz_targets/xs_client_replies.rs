@@ -110,16 +110,15 @@ fn codec(data: &[u8]) {
     }
 }
 
-/// One socket path per execution, in a private folder made once.
+/// One socket path per execution, removed once connected (nothing is left
+/// behind in the temporary folder).
 fn socket_path() -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("xs-client-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&d).expect("socket folder");
-        d
-    });
-    dir.join(format!("s{}", N.fetch_add(1, Ordering::Relaxed)))
+    std::env::temp_dir().join(format!(
+        "xs-client-fuzz-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 fn header(ty: u32, req_id: u32, tx_id: u32, len: u32) -> Vec<u8> {
