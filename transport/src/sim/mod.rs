@@ -42,9 +42,8 @@ mod host;
 mod hv;
 pub mod report;
 pub mod selftest;
-/// The host's control protocol (requests and replies on the control
-/// socket). Public only so that the fuzz targets (`transport/fuzz`) can
-/// reach its decoders; not part of the stable API.
+// Public (and hidden) only so that the fuzz targets (`transport/fuzz`) can
+// reach the control protocol's decoders; not part of the stable API.
 #[doc(hidden)]
 pub mod wire;
 
