@@ -339,21 +339,36 @@ struct Packet {
     counted: bool,
 }
 
-/// Checks one packet's slots: the frame's length is the first slot's
-/// `size`; each later slot's `size` is its own data; every slot's data
-/// lies inside its page.
+/// Checks one packet's slots, unless grouping already refused it.
 fn check_packet(p: &Packet, max_frame: usize) -> Result<Vec<(usize, usize)>, String> {
     if let Some(why) = &p.bad {
         return Err(why.clone());
     }
-    if p.slots.len() > XEN_NETIF_NR_SLOTS_MIN {
+    check_tx_slots(&p.slots, max_frame)
+}
+
+/// Checks the data slots of one transmitted packet, as copied out of the
+/// tx ring: 1 to [`XEN_NETIF_NR_SLOTS_MIN`] slots; the frame's length is
+/// the first slot's `size`, each later slot's `size` is its own data; the
+/// frame is [`ETH_HLEN`] to `max_frame` bytes; every slot's data lies
+/// inside its page. Returns each slot's (offset, length) in its page, or
+/// why the packet is refused. Pure (public for the fuzz targets in
+/// `transport/fuzz`).
+pub fn check_tx_slots(
+    slots: &[NetifTxRequest<[u8; 12]>],
+    max_frame: usize,
+) -> Result<Vec<(usize, usize)>, String> {
+    let Some(first_slot) = slots.first() else {
+        return Err("a packet of no slots".into());
+    };
+    if slots.len() > XEN_NETIF_NR_SLOTS_MIN {
         return Err(format!(
             "{} slots, at most {XEN_NETIF_NR_SLOTS_MIN}",
-            p.slots.len()
+            slots.len()
         ));
     }
-    let total = usize::from(p.slots[0].size());
-    let rest: usize = p.slots[1..].iter().map(|s| usize::from(s.size())).sum();
+    let total = usize::from(first_slot.size());
+    let rest: usize = slots[1..].iter().map(|s| usize::from(s.size())).sum();
     let first = total
         .checked_sub(rest)
         .ok_or_else(|| format!("frame size {total} is less than its later slots' {rest}"))?;
@@ -362,8 +377,8 @@ fn check_packet(p: &Packet, max_frame: usize) -> Result<Vec<(usize, usize)>, Str
             "frame of {total} bytes (must be {ETH_HLEN} to {max_frame})"
         ));
     }
-    let mut parts = Vec::with_capacity(p.slots.len());
-    for (i, s) in p.slots.iter().enumerate() {
+    let mut parts = Vec::with_capacity(slots.len());
+    for (i, s) in slots.iter().enumerate() {
         let len = if i == 0 { first } else { usize::from(s.size()) };
         let off = usize::from(s.offset());
         if off + len > PAGE_SIZE {
@@ -726,6 +741,7 @@ mod tests {
         let mut p = packet(vec![req(1, 0, 0, 100)]);
         p.bad = Some("extra-info slots".into());
         assert!(bad(p, 1514).contains("extra-info"));
+        assert!(check_tx_slots(&[], 1514).unwrap_err().contains("no slots"));
     }
 
     #[test]

@@ -592,9 +592,22 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let mut payload = buf.split_to(total);
-    payload.advance(HEADER_SIZE);
-    parse(channel, kind, payload.freeze()).map(Some)
+    if kind == Kind::Data {
+        // DATA cannot fail past the header check: hand out the bytes
+        // without a copy.
+        let mut payload = buf.split_to(total);
+        payload.advance(HEADER_SIZE);
+        return parse(channel, kind, payload.freeze()).map(Some);
+    }
+    // The other payloads are small (at most MAX_REASON bytes) and may be
+    // refused: parse a copy, so that an error consumes nothing.
+    let frame = parse(
+        channel,
+        kind,
+        Bytes::copy_from_slice(&buf[HEADER_SIZE..total]),
+    )?;
+    buf.advance(total);
+    Ok(Some(frame))
 }
 
 /// [`decode`] at the end of the input: what is left must be empty or one
@@ -806,6 +819,31 @@ mod tests {
         }
         assert!(buf.is_empty());
         assert_eq!(got, frames);
+    }
+
+    /// Found by the `chan_frames` fuzz target: a complete frame whose
+    /// payload is refused (bad magic, zero credit, non-UTF-8 reason) was
+    /// consumed, although an error is documented to consume nothing.
+    #[test]
+    fn a_refused_payload_consumes_nothing() {
+        let mut bad_hello = enc(&Frame::Hello(Hello {
+            role: Role::Client,
+            window: 1,
+        }));
+        bad_hello[HEADER_SIZE] = b'Y';
+        let mut zero_credit = enc(&Frame::Credit {
+            channel: 1,
+            increment: 1,
+        });
+        zero_credit[HEADER_SIZE..].fill(0);
+        let mut bad_reason = enc(&Frame::reset(1, "ab"));
+        bad_reason[HEADER_SIZE] = 0xff;
+        for wire in [bad_hello, zero_credit, bad_reason] {
+            let mut b = BytesMut::from(&wire[..]);
+            b.extend_from_slice(b"more");
+            assert!(decode(&mut b).is_err());
+            assert_eq!(b.len(), wire.len() + 4, "nothing consumed");
+        }
     }
 
     #[test]

@@ -42,7 +42,10 @@ mod host;
 mod hv;
 pub mod report;
 pub mod selftest;
-mod wire;
+// Public (and hidden) only so that the fuzz targets (`transport/fuzz`) can
+// reach the control protocol's decoders; not part of the stable API.
+#[doc(hidden)]
+pub mod wire;
 
 pub use admin::SimAdmin;
 pub use domain::SimDomain;

@@ -4,6 +4,9 @@
 //! Encoding: a message is one packet: a `u8` tag, then its fields,
 //! little-endian, vectors as a `u32` count then the items. Packets are at
 //! most [`MAX_PACKET`] bytes.
+//!
+//! Public (hidden from the docs) only for the fuzz targets in
+//! `transport/fuzz`; not part of the stable API.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
