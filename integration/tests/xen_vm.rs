@@ -9,8 +9,8 @@
 //! lines of the checks. Missing tools (qemu-system-x86_64, debootstrap) or
 //! no root make every test FAIL with the harness's message, never skip.
 //!
-//! They run in CI (`.ci/run` installs qemu-system-x86, debootstrap and
-//! e2fsprogs); alone: `cargo test -p xenring-integration --test xen_vm`
+//! They run in CI (the test command `./test.sh` installs qemu-system-x86,
+//! debootstrap and e2fsprogs); alone: `cargo test -p xenring-integration --test xen_vm`
 //! (root).
 
 use std::io::Read;
