@@ -98,6 +98,12 @@ impl OutQueue {
         self.drained.notify_waiters();
     }
 
+    /// Whether the queue is closed (the connection's reader has ended, or
+    /// the connection is being closed).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Takes queued messages (at least one, up to about `max_bytes` of
     /// them) for the writer; `None` once the queue is closed and empty.
     pub async fn take(&self, max_bytes: usize) -> Option<Vec<XsMsg>> {

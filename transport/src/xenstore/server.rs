@@ -27,6 +27,10 @@
 //! * an unprivileged domain may have [`MAX_CONNECTIONS_PER_DOMAIN`]
 //!   connections open; one more is answered `ENOSPC` (an error message with
 //!   request id 0) and closed. Dom0's connections are not limited;
+//! * a connection counts (against that limit, and for closing with its
+//!   domain) until both its tasks have ended: once its reader has ended
+//!   (EOF, error, oversized header), an unprivileged connection's writer
+//!   gives up on a write that makes no headway for [`UNPRIVILEGED_STALL`];
 //! * back-pressure, and who pays for a slow reader: see [`QUEUE_CAPACITY`];
 //! * [`Xenstored::shutdown`] (or drop) stops the thread, closes every
 //!   connection and removes the sockets.
@@ -138,6 +142,8 @@ pub struct XenstoredStats {
 struct ConnEntry {
     domid: u16,
     out: Arc<OutQueue>,
+    /// The reader task, until it ends; the entry stays until the writer
+    /// ends too (it may still hold the socket and queued messages).
     reader: Option<AbortHandle>,
     writer: Option<JoinHandle<()>>,
 }
@@ -583,18 +589,23 @@ impl Inner {
         }
     }
 
-    /// The connection's reader ended (EOF or error): forget it; its writer
-    /// finishes what is queued, then closes.
+    /// The connection's reader ended (EOF or error): its watches and
+    /// transactions go; its writer finishes what is queued (with a
+    /// deadline if unprivileged, see [`writer`]), then closes. The entry
+    /// stays until the writer ends, so that the connection still counts
+    /// against [`MAX_CONNECTIONS_PER_DOMAIN`] and is closed with its domain.
     fn reader_done(&self, conn: ConnId) {
         let mut store = lock(&self.store);
-        if let Some(c) = lock(&self.conns).remove(&conn) {
+        if let Some(c) = lock(&self.conns).get_mut(&conn) {
+            c.reader = None;
             c.out.close();
         }
         store.disconnect(conn);
     }
 
-    /// The connection's writer failed: drop everything.
-    fn writer_failed(&self, conn: ConnId) {
+    /// The connection's writer ended (its queue closed and flushed, or a
+    /// write failed or timed out): drop everything.
+    fn writer_done(&self, conn: ConnId) {
         let mut store = lock(&self.store);
         let mut conns = lock(&self.conns);
         self.kill(&mut store, &mut conns, conn);
@@ -682,7 +693,7 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
         let r = tokio::spawn(
             reader(inner.clone(), id, domid, rd, sem.clone()).instrument(span.clone()),
         );
-        let w = tokio::spawn(writer(inner.clone(), id, wr, out, sem).instrument(span));
+        let w = tokio::spawn(writer(inner.clone(), id, domid, wr, out, sem).instrument(span));
         match lock(&inner.conns).get_mut(&id) {
             Some(c) => {
                 c.reader = Some(r.abort_handle());
@@ -737,9 +748,37 @@ async fn reader(
     }
 }
 
+/// Writes `buf`. Once the reader of an unprivileged connection has ended
+/// (its queue is closed), a write that makes no headway for
+/// [`UNPRIVILEGED_STALL`] fails: a guest that hung up its write half (or
+/// sent an oversized header) and reads nothing cannot keep the writer, its
+/// socket and its queue forever.
+async fn write_batch(
+    wr: &mut OwnedWriteHalf,
+    buf: &[u8],
+    out: &OutQueue,
+    unprivileged: bool,
+) -> io::Result<()> {
+    let write = wr.write_all(buf);
+    tokio::pin!(write);
+    loop {
+        match tokio::time::timeout(stall_limit(), &mut write).await {
+            Ok(r) => return r,
+            Err(_) if unprivileged && out.is_closed() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client reads nothing and its reader has ended",
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 async fn writer(
     inner: Arc<Inner>,
     id: ConnId,
+    domid: u16,
     mut wr: OwnedWriteHalf,
     out: Arc<OutQueue>,
     sem: Arc<Semaphore>,
@@ -754,10 +793,10 @@ async fn writer(
             }
             buf.extend_from_slice(&m.to_bytes());
         }
-        if let Err(e) = wr.write_all(&buf).await {
+        if let Err(e) = write_batch(&mut wr, &buf, &out, domid != 0).await {
             tracing::debug!(error = %e, "xenstored: connection write failed");
             sem.close();
-            inner.writer_failed(id);
+            inner.writer_done(id);
             return;
         }
         sem.add_permits(replies);
@@ -765,6 +804,7 @@ async fn writer(
     }
     sem.close();
     let _ = wr.shutdown().await;
+    inner.writer_done(id);
 }
 
 #[cfg(test)]

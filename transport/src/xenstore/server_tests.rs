@@ -67,3 +67,73 @@ async fn a_guest_that_never_reads_holds_another_guest_up_only_for_the_stall_limi
     }
     assert!(events > 1);
 }
+
+/// Waits (at most 20 s) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 20 s: {what}");
+}
+
+/// A guest pipelines reads of a big node on every connection it may open,
+/// reads no reply and shuts down its write half: each reader ends with
+/// the writer stuck on a full socket. Those connections still count (one
+/// more is refused), and once the writers make no headway for the stall
+/// limit they are closed.
+#[tokio::test]
+async fn a_connection_whose_reader_ended_counts_until_its_writer_gives_up() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = Quotas {
+        outstanding: 0,
+        ..Quotas::default()
+    };
+    let xs = Xenstored::start(dir.path(), quotas).unwrap();
+    xs.introduce_domain(1);
+    let p1 = xs.socket_path(1).unwrap();
+    {
+        let mut c = UnixStream::connect(&p1).await.unwrap();
+        let big = "b".repeat(2000);
+        call(&mut c, XsType::Write, &[b"data/big", big.as_bytes()]).await;
+    }
+    until("the first connection closed", || {
+        xs.stats().connections == 0
+    })
+    .await;
+    const N: u32 = 300;
+    let before = xs.stats().requests;
+    let mut readers = Vec::new();
+    for _ in 0..MAX_CONNECTIONS_PER_DOMAIN {
+        let (rd, mut wr) = UnixStream::connect(&p1).await.unwrap().into_split();
+        for i in 0..N {
+            let m = XsMsg::with_strings(XsType::Read, i, 0, &[b"data/big"], true).unwrap();
+            write_msg(&mut wr, &m).await.unwrap();
+        }
+        wr.shutdown().await.unwrap();
+        readers.push(rd);
+    }
+    let all = (MAX_CONNECTIONS_PER_DOMAIN as u64) * u64::from(N);
+    until("every request read", || xs.stats().requests - before == all).await;
+    // Every reader has read its EOF by now (it only had that left).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = UnixStream::connect(&p1).await.unwrap();
+    let m = XsMsg::with_strings(XsType::Read, 7, 0, &[b"domid"], true).unwrap();
+    let _ = write_msg(&mut extra, &m).await;
+    let m = read_msg(&mut extra).await.unwrap().expect("an answer");
+    assert_eq!((m.req_id, m.error_name()), (0, Some(XsErrno::Enospc)));
+    // Nobody reads: the writers give up and the connections close.
+    until("the stuck connections closed", || {
+        xs.stats().connections == 0
+    })
+    .await;
+    let mut rd = readers.pop().unwrap();
+    let mut replies = 0;
+    while let Ok(Some(_)) = read_msg(&mut rd).await {
+        replies += 1;
+    }
+    assert!(replies < N, "{replies} replies: the writer never gave up");
+}
