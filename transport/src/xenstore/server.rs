@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
@@ -66,6 +66,9 @@ use crate::abi::xs_wire::{XsErrno, XsType};
 /// * when a request of connection W leaves R with `QUEUE_CAPACITY` messages
 ///   or more, W's next request is not read until R is below
 ///   `QUEUE_CAPACITY` again: the writer is throttled, R loses nothing. A
+///   throttled W that hangs up (shuts down its write half or closes) is
+///   noticed while it waits, and its connection ends at once (what it sent
+///   and was not read yet is not handled). A
 ///   request's own events are always queued, so R's queue is bounded by
 ///   `QUEUE_CAPACITY` plus one request's events per connection writing to
 ///   it (a write fires at most one event per watch of R);
@@ -112,6 +115,10 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
 /// stops reading its requests (unprivileged ones use the `outstanding`
 /// quota).
 const PRIV_OUTSTANDING: usize = QUEUE_CAPACITY / 2;
+
+/// How often a throttled connection with unread requests is checked for
+/// a hang-up (one without unread requests is noticed at once).
+const HANG_UP_CHECK: Duration = Duration::from_millis(50);
 
 /// Bytes a writer task gathers into one socket write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -708,6 +715,23 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
     }
 }
 
+/// Reads the next request once an `outstanding` permit is free; `None`
+/// when the connection ends (EOF, error, oversized header).
+async fn read_next(sem: &Semaphore, rd: &mut OwnedReadHalf) -> Option<XsMsg> {
+    sem.acquire().await.ok()?.forget();
+    match read_msg(rd).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "xenstored: closing a connection that sent an oversized message");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "xenstored: connection read failed");
+            None
+        }
+    }
+}
+
 async fn reader(
     inner: Arc<Inner>,
     id: ConnId,
@@ -723,27 +747,41 @@ async fn reader(
         }
     }
     let _done = Done(inner.clone(), id);
-    loop {
-        match sem.acquire().await {
-            Ok(p) => p.forget(),
-            Err(_) => break,
+    let mut next = read_next(&sem, &mut rd).await;
+    while let Some(msg) = next {
+        let waits = inner.request(id, domid, &msg);
+        if !waits.is_empty() {
+            // The writer is throttled: its next request waits for the
+            // receivers its events filled, unless it hangs up meanwhile.
+            let rooms = async {
+                for w in waits {
+                    inner.wait_room(w).await;
+                }
+            };
+            tokio::select! {
+                () = rooms => {}
+                () = hung_up(&rd) => {
+                    tracing::debug!("xenstored: a throttled connection hung up");
+                    break;
+                }
+            }
         }
-        let msg = match read_msg(&mut rd).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                tracing::warn!(error = %e, "xenstored: closing a connection that sent an oversized message");
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "xenstored: connection read failed");
-                break;
-            }
-        };
-        // The writer is throttled: its next request waits for the
-        // receivers its events filled.
-        for w in inner.request(id, domid, &msg) {
-            inner.wait_room(w).await;
+        next = read_next(&sem, &mut rd).await;
+    }
+}
+
+/// Resolves once the client has shut down its write half or closed the
+/// connection (or the socket failed), without reading what it sent.
+async fn hung_up(rd: &OwnedReadHalf) {
+    let stream: &UnixStream = rd.as_ref();
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(r) if r.is_read_closed() => return,
+            // Requests are waiting, to be read later in order. Their
+            // readiness must not be cleared (the reader would never be
+            // woken for them), so look again after a while.
+            Ok(_) => tokio::time::sleep(HANG_UP_CHECK).await,
+            Err(_) => return,
         }
     }
 }
