@@ -529,9 +529,15 @@ impl Inner {
 
     /// Handles one request of `conn`; answers the receivers the connection
     /// must wait for before its next request.
+    /// Nothing happens if the connection was closed meanwhile (its domain
+    /// released, or dropped for being slow, on another thread while this
+    /// one waited for the store lock).
     fn request(self: &Arc<Self>, conn: ConnId, domid: u16, msg: &XsMsg) -> Vec<Wait> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut store = lock(&self.store);
+        if !lock(&self.conns).contains_key(&conn) {
+            return Vec::new();
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let out = store.handle(conn, domid, msg);
         tracing::trace!(%conn, request = ?msg, reply = ?out.reply, "xenstored");
         let released = match (msg.kind(), out.reply.error_name()) {

@@ -137,3 +137,24 @@ async fn a_connection_whose_reader_ended_counts_until_its_writer_gives_up() {
     }
     assert!(replies < N, "{replies} replies: the writer never gave up");
 }
+
+/// A request of a connection closed meanwhile (its domain released on
+/// another thread while the reader waited for the store lock) is not
+/// handled: a released domain cannot write.
+#[tokio::test]
+async fn a_request_of_a_closed_connection_is_not_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    xs.introduce_domain(1);
+    // A connection id the server has closed (or never had).
+    let gone = ConnId(u64::MAX);
+    let m = XsMsg::with_strings(XsType::Write, 1, 0, &[b"data/x", b"v"], false).unwrap();
+    assert!(xs.inner.request(gone, 1, &m).is_empty());
+    let mut dom0 = UnixStream::connect(xs.socket_path(0).unwrap())
+        .await
+        .unwrap();
+    let m = XsMsg::with_strings(XsType::Read, 1, 0, &[b"/local/domain/1/data/x"], true).unwrap();
+    write_msg(&mut dom0, &m).await.unwrap();
+    let r = read_msg(&mut dom0).await.unwrap().unwrap();
+    assert_eq!(r.error_name(), Some(XsErrno::Enoent));
+}
