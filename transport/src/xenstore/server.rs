@@ -85,10 +85,23 @@ use crate::abi::xs_wire::{XsErrno, XsType};
 ///   connection whose watch event is not taken within 20 s).
 pub const QUEUE_CAPACITY: usize = 1024;
 
+/// Bytes (headers and payloads) a connection may have queued before the
+/// writers of its events wait: the rules of [`QUEUE_CAPACITY`] apply to
+/// whichever bound is reached first, so that big messages cannot pin what
+/// the count alone allows (1024 events of 4 KB, on each of a guest's 64
+/// connections). A queue holds at most about `QUEUE_BYTES`, plus one
+/// request's events per connection writing to it, plus the replies the
+/// `outstanding` limit allows.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+
 /// An unprivileged connection with more queued messages than this is
 /// dropped (only writers that never wait for it, dom0 and the host, can
 /// take it there).
 pub const UNPRIVILEGED_QUEUE_MAX: usize = 2 * QUEUE_CAPACITY;
+
+/// An unprivileged connection with more queued bytes than this is dropped
+/// (as [`UNPRIVILEGED_QUEUE_MAX`]).
+pub const UNPRIVILEGED_QUEUE_MAX_BYTES: usize = 2 * QUEUE_BYTES;
 
 /// How long an unprivileged connection may leave a waiting writer without
 /// writing anything before it is dropped.
@@ -404,22 +417,22 @@ impl Inner {
         tracing::debug!(domid, "xenstored: domain released, its connections closed");
     }
 
-    /// Queues `msg` for `conn`; the receiver's queue and length, if it is
-    /// open.
+    /// Queues `msg` for `conn`; the receiver and whether its queue is now
+    /// full (see [`QUEUE_BYTES`]), if it is open.
     fn push<'a>(
         &self,
         conns: &'a HashMap<ConnId, ConnEntry>,
         conn: ConnId,
         msg: XsMsg,
-    ) -> Option<(&'a ConnEntry, usize)> {
+    ) -> Option<(&'a ConnEntry, bool)> {
         let c = conns.get(&conn)?;
         let event = msg.ty == XsType::WatchEvent.raw();
         match c.out.push(msg) {
-            Pushed::Queued(n) => {
+            Pushed::Queued(n, bytes) => {
                 if event {
                     self.counters.events.fetch_add(1, Ordering::Relaxed);
                 }
-                Some((c, n))
+                Some((c, n >= QUEUE_CAPACITY || bytes >= QUEUE_BYTES))
             }
             Pushed::Coalesced => {
                 self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -438,8 +451,8 @@ impl Inner {
         let mut full: Vec<(ConnId, Arc<OutQueue>, u16)> = Vec::new();
         for ev in events {
             let conn = ev.conn;
-            if let Some((c, n)) = self.push(conns, conn, ev.to_msg()) {
-                if n >= QUEUE_CAPACITY && !full.iter().any(|f| f.0 == conn) {
+            if let Some((c, is_full)) = self.push(conns, conn, ev.to_msg()) {
+                if is_full && !full.iter().any(|f| f.0 == conn) {
                     full.push((conn, c.out.clone(), c.domid));
                 }
             }
@@ -463,14 +476,15 @@ impl Inner {
         full: impl Iterator<Item = (ConnId, u16)>,
     ) {
         for (id, domid) in full {
-            let over = conns
-                .get(&id)
-                .is_some_and(|c| c.out.len() > UNPRIVILEGED_QUEUE_MAX);
+            let over = conns.get(&id).is_some_and(|c| {
+                c.out
+                    .over(UNPRIVILEGED_QUEUE_MAX, UNPRIVILEGED_QUEUE_MAX_BYTES)
+            });
             if domid != 0 && over {
                 tracing::warn!(
                     conn = %id,
                     domid,
-                    "xenstored: dropping an unprivileged connection that does not read its messages ({UNPRIVILEGED_QUEUE_MAX} queued)"
+                    "xenstored: dropping an unprivileged connection that does not read its messages (over {UNPRIVILEGED_QUEUE_MAX} or {UNPRIVILEGED_QUEUE_MAX_BYTES} bytes queued)"
                 );
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 self.kill(store, conns, id);
@@ -586,12 +600,13 @@ impl Inner {
     async fn wait_room(&self, w: Wait) {
         self.counters.throttled.fetch_add(1, Ordering::Relaxed);
         if !w.unprivileged {
-            w.out.room(QUEUE_CAPACITY).await;
+            w.out.room(QUEUE_CAPACITY, QUEUE_BYTES).await;
             return;
         }
         loop {
             let before = w.out.sent();
-            match tokio::time::timeout(stall_limit(), w.out.room(QUEUE_CAPACITY)).await {
+            let room = w.out.room(QUEUE_CAPACITY, QUEUE_BYTES);
+            match tokio::time::timeout(stall_limit(), room).await {
                 Ok(()) => return,
                 Err(_) if w.out.sent() == before => {
                     self.kill_stalled(w.conn);

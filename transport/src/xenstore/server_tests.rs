@@ -158,3 +158,48 @@ async fn a_request_of_a_closed_connection_is_not_handled() {
     let r = read_msg(&mut dom0).await.unwrap().unwrap();
     assert_eq!(r.error_name(), Some(XsErrno::Enoent));
 }
+
+/// Big events fill a queue by bytes long before its message count: guest
+/// 2 writes 400 nodes with long names under what guest 1 watches and
+/// never reads (about 800 KB of events, 400 messages), and is throttled
+/// until guest 1 is dropped for stalling.
+#[tokio::test]
+async fn big_events_fill_a_queue_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = Quotas {
+        nodes: 0,
+        ..Quotas::default()
+    };
+    let xs = Xenstored::start(dir.path(), quotas).unwrap();
+    xs.introduce_domain(1);
+    xs.introduce_domain(2);
+    let mut dom0 = UnixStream::connect(xs.socket_path(0).unwrap())
+        .await
+        .unwrap();
+    call(
+        &mut dom0,
+        XsType::SetPerms,
+        &[b"/local/domain/2/data", b"n2", b"r1"],
+    )
+    .await;
+    let mut dom1 = UnixStream::connect(xs.socket_path(1).unwrap())
+        .await
+        .unwrap();
+    call(
+        &mut dom1,
+        XsType::Watch,
+        &[b"/local/domain/2/data", b"peer"],
+    )
+    .await;
+    let mut dom2 = UnixStream::connect(xs.socket_path(2).unwrap())
+        .await
+        .unwrap();
+    let long = "x".repeat(1900);
+    for i in 0..400 {
+        let path = format!("data/{long}/n{i}");
+        call(&mut dom2, XsType::Write, &[path.as_bytes(), b"v"]).await;
+    }
+    let stats = xs.stats();
+    assert!(stats.throttled > 0, "{stats:?}");
+    assert_eq!(stats.dropped, 1, "{stats:?}");
+}
