@@ -366,8 +366,19 @@ impl Inner {
         self.dir.join(format!("{domid}.sock"))
     }
 
-    /// Opens the socket of `domid` unless it is open.
+    /// Opens the socket of `domid` unless it is open, or the domain is not
+    /// introduced (released meanwhile: checked under the store lock, so
+    /// that a release on another thread cannot come between the check and
+    /// the socket).
     fn listen(self: &Arc<Self>, domid: u16) -> io::Result<()> {
+        let store = lock(&self.store);
+        if !store.is_introduced(domid) {
+            tracing::debug!(
+                domid,
+                "xenstored: no socket for a domain released meanwhile"
+            );
+            return Ok(());
+        }
         let mut listeners = lock(&self.listeners);
         if listeners.contains_key(&domid) {
             return Ok(());
@@ -407,12 +418,14 @@ impl Inner {
             .filter(|(_, c)| c.domid == domid)
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            self.kill(store, &mut conns, id);
-        }
+        // The socket first: once a client sees its connection end, the
+        // domain's socket is gone.
         if let Some((path, task)) = lock(&self.listeners).remove(&domid) {
             task.abort();
             let _ = std::fs::remove_file(path);
+        }
+        for id in ids {
+            self.kill(store, &mut conns, id);
         }
         tracing::debug!(domid, "xenstored: domain released, its connections closed");
     }

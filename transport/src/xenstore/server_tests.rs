@@ -203,3 +203,19 @@ async fn big_events_fill_a_queue_by_bytes() {
     assert!(stats.throttled > 0, "{stats:?}");
     assert_eq!(stats.dropped, 1, "{stats:?}");
 }
+
+/// An INTRODUCE whose socket is opened after a release on another thread
+/// (the domain is no longer introduced) opens nothing.
+#[tokio::test]
+async fn no_socket_is_opened_for_a_domain_released_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    xs.introduce_domain(5);
+    xs.release_domain(5);
+    // What INTRODUCE does after dropping the store lock.
+    xs.inner.listen(5).unwrap();
+    assert!(!dir.path().join("5.sock").exists());
+    assert!(UnixStream::connect(dir.path().join("5.sock"))
+        .await
+        .is_err());
+}
