@@ -652,6 +652,18 @@ impl Inner {
         self.kill(&mut store, &mut conns, conn);
     }
 
+    /// Replies a new connection of `domid` may have queued before its
+    /// requests are not read: the domain's own `outstanding` quota (SET_QUOTA
+    /// `<domid> outstanding` changes it), at most [`PRIV_OUTSTANDING`].
+    fn outstanding_limit(&self, domid: u16) -> usize {
+        let q = lock(&self.store).quotas_for(domid).outstanding as usize;
+        if domid == 0 || q == 0 {
+            PRIV_OUTSTANDING
+        } else {
+            q.min(PRIV_OUTSTANDING)
+        }
+    }
+
     /// Registers a new connection of `domid` unless refused: its domain is
     /// not introduced (released meanwhile), or it has too many.
     fn admit(&self, id: ConnId, domid: u16, out: Arc<OutQueue>) -> Result<(), XsErrno> {
@@ -721,15 +733,7 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
             continue;
         }
         let (rd, wr) = stream.into_split();
-        let limit = {
-            let q = lock(&inner.store).quotas().outstanding as usize;
-            if domid == 0 || q == 0 {
-                PRIV_OUTSTANDING
-            } else {
-                q.min(PRIV_OUTSTANDING)
-            }
-        };
-        let sem = Arc::new(Semaphore::new(limit));
+        let sem = Arc::new(Semaphore::new(inner.outstanding_limit(domid)));
         let span = tracing::info_span!("xenstored-conn", %id, domid);
         let r = tokio::spawn(
             reader(inner.clone(), id, domid, rd, sem.clone()).instrument(span.clone()),

@@ -219,3 +219,21 @@ async fn no_socket_is_opened_for_a_domain_released_meanwhile() {
         .await
         .is_err());
 }
+
+/// `SET_QUOTA <domid> outstanding` binds that domain's new connections.
+#[tokio::test]
+async fn a_domains_own_outstanding_quota_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    xs.introduce_domain(1);
+    xs.introduce_domain(2);
+    let mut dom0 = UnixStream::connect(xs.socket_path(0).unwrap())
+        .await
+        .unwrap();
+    call(&mut dom0, XsType::SetQuota, &[b"1", b"outstanding", b"3"]).await;
+    assert_eq!(xs.inner.outstanding_limit(1), 3);
+    assert_eq!(
+        xs.inner.outstanding_limit(2),
+        Quotas::default().outstanding as usize
+    );
+}
