@@ -52,10 +52,15 @@ impl WatchSink {
                 self.lagged.store(true, SeqCst);
                 let sink = self.clone();
                 tokio::spawn(async move {
-                    if let Ok(p) = sink.out.reserve().await {
+                    let permit = sink.out.reserve().await;
+                    // Cleared before the send: an event delivered once
+                    // the consumer has taken this one must not be
+                    // dropped for a lag already reported. (Cleared after
+                    // the send, an event coming in between was lost.)
+                    sink.lagged.store(false, SeqCst);
+                    if let Ok(p) = permit {
                         p.send(sink.path.clone());
                     }
-                    sink.lagged.store(false, SeqCst);
                 });
             }
         }
