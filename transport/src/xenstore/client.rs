@@ -684,14 +684,14 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
             c.generation
         };
         // Set every watch again on the new connection.
-        let regs: Vec<(String, String, tokio::sync::mpsc::Sender<String>)> = inner_arc
+        let regs: Vec<(u64, String, String, tokio::sync::mpsc::Sender<String>)> = inner_arc
             .watches
             .lock()
             .expect("watches lock")
-            .values()
-            .map(|r| (r.path.clone(), r.token.clone(), r.out.clone()))
+            .iter()
+            .map(|(id, r)| (*id, r.path.clone(), r.token.clone(), r.out.clone()))
             .collect();
-        for (wpath, token, out) in regs {
+        for (id, wpath, token, out) in regs {
             let Ok(msg) = XsMsg::with_strings(
                 XsType::Watch,
                 0,
@@ -705,7 +705,22 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
                 tokio::time::timeout(inner_arc.opts.timeout, arm(&raw, &wpath, &token, out, msg))
                     .await;
             match armed {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    // Dropped while it was being set (its UNWATCH may have
+                    // gone first): remove it again.
+                    let gone = !inner_arc
+                        .watches
+                        .lock()
+                        .expect("watches lock")
+                        .contains_key(&id);
+                    if gone {
+                        inner_arc.unwatch(WatchReg {
+                            path: wpath,
+                            token,
+                            out: tokio::sync::mpsc::channel(1).0,
+                        });
+                    }
+                }
                 Ok(Err(e @ XsError::Server { .. })) => {
                     tracing::error!(path = %wpath, error = %e, "cannot set a watch again after reconnecting")
                 }
