@@ -521,3 +521,56 @@ fn drop_stops_and_removes_the_sockets_and_a_restart_reuses_the_directory() {
     std::io::Read::read_exact(&mut s, &mut buf).unwrap();
     assert_eq!(&buf[16..], b"Domain-0");
 }
+
+/// Waits (at most 20 s) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 20 s: {what}");
+}
+
+/// A guest held up by a paused dom0 watcher hangs up (as a client does
+/// after its timeout): its connection ends at once instead of waiting
+/// for dom0, so reconnecting clients cannot pile up stuck connections.
+#[tokio::test]
+async fn a_throttled_client_that_hangs_up_is_closed_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let quotas = Quotas {
+        nodes: 0,
+        ..Quotas::default()
+    };
+    let xs = Xenstored::start(dir.path(), quotas).unwrap();
+    xs.introduce_domain(1);
+    let mut dom0 = Client::connect(&xs.socket_path(0).unwrap()).await;
+    let r = dom0
+        .call(XsType::Watch, &z(&["/local/domain/1/data", "be"]))
+        .await;
+    assert_eq!(r.payload, b"OK\0");
+    let p1 = xs.socket_path(1).unwrap();
+    for round in 0..3 {
+        let mut dom1 = Client::connect(&p1).await;
+        let guest = tokio::spawn(async move {
+            for i in 0..100_000 {
+                let node = format!("data/r{round}/g{}/n{}", i / 100, i % 100);
+                dom1.write(&node, "1").await.unwrap();
+            }
+        });
+        let throttled = xs.stats().throttled;
+        until("the guest is throttled", || {
+            xs.stats().throttled > throttled
+        })
+        .await;
+        assert!(!guest.is_finished());
+        guest.abort();
+        let _ = guest.await;
+        until("the guest's connection is closed", || {
+            xs.stats().connections == 1
+        })
+        .await;
+    }
+    assert_eq!(xs.stats().dropped, 0);
+}

@@ -327,7 +327,16 @@ impl SimDomain {
                 Ok(r) => r,
                 Err(e) => return what(e),
             };
-            let conn = self.inner.conn.lock().expect("conn lock");
+            // A call holds the lock for a whole host round trip: wait for
+            // it without blocking a runtime worker.
+            let conn = loop {
+                match self.inner.conn.try_lock() {
+                    Ok(c) => break c,
+                    Err(std::sync::TryLockError::WouldBlock) => {}
+                    Err(std::sync::TryLockError::Poisoned(_)) => panic!("conn lock poisoned"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            };
             let mut fds = [PollFd::new(&*conn, PollFlags::IN)];
             let zero = Timespec {
                 tv_sec: 0,

@@ -17,7 +17,11 @@
 //! * whichever connection dies, both are replaced: a supervisor task
 //!   reconnects when [`XsConn`] closes, or when a call on xenstore-rs's
 //!   connection fails or times out while [`XsConn`] lives (the call is
-//!   retried once on the new connections), and sets every watch again.
+//!   retried once on the new connections), and sets every watch again;
+//!   a connection that dies young (a server that accepts, then refuses
+//!   with an unsolicited error and closes) makes the next attempt wait,
+//!   with a pause doubling up to a second until a connection lives;
+//! * a connection the server refuses is a connect error naming the errno.
 //!
 //! The operations xenstore-rs lacks (mkdir, permissions, transactions with
 //! retry on EAGAIN, domain paths) go over [`XsConn`].
@@ -126,6 +130,10 @@ async fn open(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsErr
     }
 }
 
+/// Opens both connections and checks that the server answers on its own
+/// (a server may accept a connection only to refuse it: an error message
+/// with request id 0, then close; that becomes a connect error naming the
+/// errno).
 async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
     let connect_err = |source| XsError::Connect {
         path: path.to_path_buf(),
@@ -136,7 +144,25 @@ async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), 
         Ok(r) => r.map_err(connect_err)?,
         Err(_) => return Err(connect_err(std::io::ErrorKind::TimedOut.into())),
     };
-    Ok((xs, raw))
+    // Any domain may ask this; any reply (an error too) is an answer.
+    let probe =
+        XsMsg::with_strings(XsType::GetDomainPath, 0, 0, &[b"0"], true).expect("a small request");
+    match tokio::time::timeout(timeout, raw.request(probe)).await {
+        Ok(Ok(_)) => Ok((xs, raw)),
+        Ok(Err(e)) => {
+            // The refusal, if any, is read before the end of the stream.
+            let _ = tokio::time::timeout(timeout, raw.closed()).await;
+            let e = match raw.refused() {
+                Some(errno) => std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    format!("xenstored refused the connection: {}", errno.as_str()),
+                ),
+                None => e,
+            };
+            Err(connect_err(e))
+        }
+        Err(_) => Err(connect_err(std::io::ErrorKind::TimedOut.into())),
+    }
 }
 
 /// Maps an error from xenstore-rs: its server errors read "XS interface
@@ -588,10 +614,23 @@ impl Inner {
     }
 }
 
+/// The first pause between reconnects (the first attempt after a
+/// connection that lived is immediate).
+const RECONNECT_MIN: Duration = Duration::from_millis(10);
+/// The longest pause between reconnects.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+/// A connection that lived this long (or answered a request) resets the
+/// pause.
+const RECONNECT_STABLE: Duration = Duration::from_secs(2);
+
 /// Reconnects when our own connection dies or a call finds xenstore-rs's
 /// dead, and sets the watches again.
 async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
     let mut generation = 0;
+    // Kept across reconnects: a server that accepts and then closes (or
+    // refuses) at once is retried with a growing pause, not in a loop.
+    let mut backoff = RECONNECT_MIN;
+    let mut since = tokio::time::Instant::now();
     loop {
         let Some(mut suspect) = inner.upgrade().map(|i| i.suspect.subscribe()) else {
             return;
@@ -604,21 +643,35 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
         let Some(path) = inner.upgrade().map(|i| i.path.clone()) else {
             return;
         };
-        tracing::warn!(path = %path.display(), "xenstore connection lost; reconnecting");
-        let mut backoff = Duration::from_millis(20);
+        // The probe in `open` is the first reply of every connection.
+        if since.elapsed() >= RECONNECT_STABLE || raw.answered() > 1 {
+            backoff = RECONNECT_MIN;
+        }
+        match raw.refused() {
+            Some(errno) => tracing::warn!(
+                path = %path.display(),
+                %errno,
+                "xenstored refused the connection; reconnecting in {backoff:?}"
+            ),
+            None => tracing::warn!(
+                path = %path.display(),
+                "xenstore connection lost; reconnecting"
+            ),
+        }
         let (xs, new_raw) = loop {
+            if backoff > RECONNECT_MIN {
+                tokio::time::sleep(backoff).await;
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
             let Some(timeout) = inner.upgrade().map(|i| i.opts.timeout) else {
                 return;
             };
             match open(&path, timeout).await {
                 Ok(pair) => break pair,
-                Err(e) => {
-                    tracing::debug!(error = %e, "xenstore reconnect failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+                Err(e) => tracing::debug!(error = %e, "xenstore reconnect failed"),
             }
         };
+        since = tokio::time::Instant::now();
         let Some(inner_arc) = inner.upgrade() else {
             return;
         };
@@ -631,14 +684,14 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
             c.generation
         };
         // Set every watch again on the new connection.
-        let regs: Vec<(String, String, tokio::sync::mpsc::Sender<String>)> = inner_arc
+        let regs: Vec<(u64, String, String, tokio::sync::mpsc::Sender<String>)> = inner_arc
             .watches
             .lock()
             .expect("watches lock")
-            .values()
-            .map(|r| (r.path.clone(), r.token.clone(), r.out.clone()))
+            .iter()
+            .map(|(id, r)| (*id, r.path.clone(), r.token.clone(), r.out.clone()))
             .collect();
-        for (wpath, token, out) in regs {
+        for (id, wpath, token, out) in regs {
             let Ok(msg) = XsMsg::with_strings(
                 XsType::Watch,
                 0,
@@ -652,7 +705,22 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
                 tokio::time::timeout(inner_arc.opts.timeout, arm(&raw, &wpath, &token, out, msg))
                     .await;
             match armed {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    // Dropped while it was being set (its UNWATCH may have
+                    // gone first): remove it again.
+                    let gone = !inner_arc
+                        .watches
+                        .lock()
+                        .expect("watches lock")
+                        .contains_key(&id);
+                    if gone {
+                        inner_arc.unwatch(WatchReg {
+                            path: wpath,
+                            token,
+                            out: tokio::sync::mpsc::channel(1).0,
+                        });
+                    }
+                }
                 Ok(Err(e @ XsError::Server { .. })) => {
                     tracing::error!(path = %wpath, error = %e, "cannot set a watch again after reconnecting")
                 }

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
@@ -25,7 +25,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::codec::{read_msg, XsMsg, XsType};
+use super::codec::{read_msg, XsErrno, XsMsg, XsType};
 
 type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<XsMsg>>>>>;
 type Sinks = Arc<Mutex<HashMap<Vec<u8>, WatchSink>>>;
@@ -52,10 +52,15 @@ impl WatchSink {
                 self.lagged.store(true, SeqCst);
                 let sink = self.clone();
                 tokio::spawn(async move {
-                    if let Ok(p) = sink.out.reserve().await {
+                    let permit = sink.out.reserve().await;
+                    // Cleared before the send: an event delivered once
+                    // the consumer has taken this one must not be
+                    // dropped for a lag already reported. (Cleared after
+                    // the send, an event coming in between was lost.)
+                    sink.lagged.store(false, SeqCst);
+                    if let Ok(p) = permit {
                         p.send(sink.path.clone());
                     }
-                    sink.lagged.store(false, SeqCst);
                 });
             }
         }
@@ -72,6 +77,12 @@ pub struct XsConn {
     closed: watch::Receiver<bool>,
     reader: tokio::task::JoinHandle<()>,
     sinks: Sinks,
+    /// Replies received (for the client's reconnect backoff).
+    answered: Arc<AtomicU64>,
+    /// The error the server sent unasked (request id 0) before closing:
+    /// it refused the connection (C xenstored and the embedded one do so
+    /// with `ENOSPC` when a domain has too many).
+    refused: Arc<Mutex<Option<XsErrno>>>,
 }
 
 impl XsConn {
@@ -88,6 +99,9 @@ impl XsConn {
         let p = pending.clone();
         let sinks: Sinks = Arc::default();
         let s = sinks.clone();
+        let answered = Arc::new(AtomicU64::new(0));
+        let refused: Arc<Mutex<Option<XsErrno>>> = Arc::default();
+        let (n, r) = (answered.clone(), refused.clone());
         let reader = tokio::spawn(async move {
             loop {
                 match read_msg(&mut rd).await {
@@ -111,11 +125,16 @@ impl XsConn {
                             .expect("pending lock")
                             .as_mut()
                             .and_then(|m| m.remove(&msg.req_id));
-                        match waiter {
-                            Some(w) => {
+                        match (waiter, msg.error_name()) {
+                            (Some(w), _) => {
+                                n.fetch_add(1, Ordering::Relaxed);
                                 let _ = w.send(msg);
                             }
-                            None => tracing::warn!(?msg, "xenstore reply to no request"),
+                            (None, Some(errno)) if msg.req_id == 0 => {
+                                tracing::debug!(%errno, "xenstored refused the connection");
+                                *r.lock().expect("refused lock") = Some(errno);
+                            }
+                            (None, _) => tracing::warn!(?msg, "xenstore reply to no request"),
                         }
                     }
                     Ok(None) => break,
@@ -137,6 +156,8 @@ impl XsConn {
             closed,
             reader,
             sinks,
+            answered,
+            refused,
         })
     }
 
@@ -164,6 +185,17 @@ impl XsConn {
         &self.path
     }
 
+    /// Replies received so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// The error with which the server refused this connection (an error
+    /// message it sent unasked, with request id 0), if it did.
+    pub fn refused(&self) -> Option<XsErrno> {
+        *self.refused.lock().expect("refused lock")
+    }
+
     /// True once the server has gone away.
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
@@ -182,11 +214,15 @@ impl XsConn {
     /// Cancellation safe: a dropped call leaves no waiter behind (its reply is
     /// discarded when it comes).
     pub async fn request(&self, mut msg: XsMsg) -> std::io::Result<XsMsg> {
-        let gone = || {
-            std::io::Error::new(
+        let gone = || match self.refused() {
+            Some(errno) => std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("xenstored refused the connection: {}", errno.as_str()),
+            ),
+            None => std::io::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 "xenstored closed the connection",
-            )
+            ),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         msg.req_id = id;

@@ -8,8 +8,9 @@
 //!   always queued), so a node written again and again while its watcher is
 //!   busy costs the watcher one queued event, not one per write;
 //! * the queue itself never refuses a message: the server keeps it bounded
-//!   by making the *writers* wait (see [`super::server`]), so [`OutQueue::len`]
-//!   is compared with [`super::server::QUEUE_CAPACITY`] there;
+//!   by making the *writers* wait (see [`super::server`]), so its length
+//!   and bytes are compared with [`super::server::QUEUE_CAPACITY`] and
+//!   [`super::server::QUEUE_BYTES`] there;
 //! * once closed, pushes are dropped and every waiter is woken.
 
 use std::collections::{HashSet, VecDeque};
@@ -24,6 +25,8 @@ use crate::abi::xs_wire::XsType;
 #[derive(Debug, Default)]
 struct State {
     msgs: VecDeque<XsMsg>,
+    /// Bytes of `msgs` on the wire (headers and payloads).
+    bytes: usize,
     /// Payloads of the non-special watch events in `msgs`.
     events: HashSet<Vec<u8>>,
     closed: bool,
@@ -32,8 +35,9 @@ struct State {
 /// What [`OutQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pushed {
-    /// Queued; the queue now holds this many messages.
-    Queued(usize),
+    /// Queued; the queue now holds this many messages, of this many
+    /// bytes.
+    Queued(usize, usize),
     /// An identical event was queued already.
     Coalesced,
     /// The connection is closed.
@@ -50,6 +54,11 @@ pub(super) struct OutQueue {
     drained: Notify,
     /// Messages written to the socket so far (progress, for stall checks).
     sent: AtomicU64,
+}
+
+/// Bytes `m` takes on the wire.
+fn wire_len(m: &XsMsg) -> usize {
+    16 + m.payload.len()
 }
 
 fn is_special_event(m: &XsMsg) -> bool {
@@ -73,16 +82,18 @@ impl OutQueue {
         {
             return Pushed::Coalesced;
         }
+        st.bytes += wire_len(&msg);
         st.msgs.push_back(msg);
-        let n = st.msgs.len();
+        let (n, bytes) = (st.msgs.len(), st.bytes);
         drop(st);
         self.ready.notify_one();
-        Pushed::Queued(n)
+        Pushed::Queued(n, bytes)
     }
 
-    /// Messages queued now.
-    pub fn len(&self) -> usize {
-        self.lock().msgs.len()
+    /// Whether more than `msgs` messages or `bytes` bytes are queued.
+    pub fn over(&self, msgs: usize, bytes: usize) -> bool {
+        let st = self.lock();
+        st.msgs.len() > msgs || st.bytes > bytes
     }
 
     /// Messages written so far.
@@ -96,6 +107,12 @@ impl OutQueue {
         self.lock().closed = true;
         self.ready.notify_one();
         self.drained.notify_waiters();
+    }
+
+    /// Whether the queue is closed (the connection's reader has ended, or
+    /// the connection is being closed).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Takes queued messages (at least one, up to about `max_bytes` of
@@ -112,7 +129,8 @@ impl OutQueue {
                         if m.ty == XsType::WatchEvent.raw() && !is_special_event(&m) {
                             st.events.remove(&m.payload);
                         }
-                        bytes += 16 + m.payload.len();
+                        bytes += wire_len(&m);
+                        st.bytes -= wire_len(&m);
                         out.push(m);
                         if bytes >= max_bytes {
                             break;
@@ -134,11 +152,11 @@ impl OutQueue {
         self.drained.notify_waiters();
     }
 
-    /// Waits until fewer than `capacity` messages are queued or the queue
-    /// is closed.
+    /// Waits until fewer than `capacity` messages and fewer than
+    /// `max_bytes` bytes are queued, or the queue is closed.
     ///
     /// Cancellation safe.
-    pub async fn room(&self, capacity: usize) {
+    pub async fn room(&self, capacity: usize, max_bytes: usize) {
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
@@ -146,7 +164,7 @@ impl OutQueue {
             drained.as_mut().enable();
             {
                 let st = self.lock();
-                if st.closed || st.msgs.len() < capacity {
+                if st.closed || (st.msgs.len() < capacity && st.bytes < max_bytes) {
                     return;
                 }
             }
@@ -171,15 +189,16 @@ mod tests {
     #[tokio::test]
     async fn repeated_events_coalesce_until_taken_and_special_ones_never_do() {
         let q = OutQueue::default();
-        assert_eq!(q.push(ev("/a")), Pushed::Queued(1));
+        assert!(matches!(q.push(ev("/a")), Pushed::Queued(1, _)));
         assert_eq!(q.push(ev("/a")), Pushed::Coalesced);
-        assert_eq!(q.push(ev("/b")), Pushed::Queued(2));
-        assert_eq!(q.push(ev("@releaseDomain")), Pushed::Queued(3));
-        assert_eq!(q.push(ev("@releaseDomain")), Pushed::Queued(4));
+        assert!(matches!(q.push(ev("/b")), Pushed::Queued(2, _)));
+        assert!(matches!(q.push(ev("@releaseDomain")), Pushed::Queued(3, _)));
+        assert!(matches!(q.push(ev("@releaseDomain")), Pushed::Queued(4, _)));
         let got = q.take(usize::MAX).await.unwrap();
         assert_eq!(got.len(), 4);
         // Taken: the same event is queued again.
-        assert_eq!(q.push(ev("/a")), Pushed::Queued(1));
+        let one = 16 + ev("/a").payload.len();
+        assert_eq!(q.push(ev("/a")), Pushed::Queued(1, one));
         q.close();
         assert_eq!(q.push(ev("/c")), Pushed::Closed);
         assert_eq!(q.take(usize::MAX).await.unwrap().len(), 1);
@@ -193,7 +212,7 @@ mod tests {
         q.push(ev("/b"));
         let waiter = {
             let q = q.clone();
-            tokio::spawn(async move { q.room(2).await })
+            tokio::spawn(async move { q.room(2, usize::MAX).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
@@ -201,5 +220,21 @@ mod tests {
         q.wrote(n);
         waiter.await.unwrap();
         assert_eq!(q.sent(), 1);
+    }
+
+    #[tokio::test]
+    async fn room_counts_bytes_too() {
+        let q = OutQueue::default();
+        let one = 16 + ev("/a").payload.len();
+        q.push(ev("/a"));
+        q.push(ev("/b"));
+        assert!(q.over(1, usize::MAX) && q.over(usize::MAX, 2 * one - 1));
+        assert!(!q.over(2, 2 * one));
+        let room = q.room(usize::MAX, 2 * one);
+        tokio::pin!(room);
+        assert!(futures::poll!(room.as_mut()).is_pending());
+        let n = q.take(1).await.unwrap().len();
+        q.wrote(n);
+        room.await;
     }
 }

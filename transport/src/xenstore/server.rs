@@ -27,6 +27,10 @@
 //! * an unprivileged domain may have [`MAX_CONNECTIONS_PER_DOMAIN`]
 //!   connections open; one more is answered `ENOSPC` (an error message with
 //!   request id 0) and closed. Dom0's connections are not limited;
+//! * a connection counts (against that limit, and for closing with its
+//!   domain) until both its tasks have ended: once its reader has ended
+//!   (EOF, error, oversized header), an unprivileged connection's writer
+//!   gives up on a write that makes no headway for [`UNPRIVILEGED_STALL`];
 //! * back-pressure, and who pays for a slow reader: see [`QUEUE_CAPACITY`];
 //! * [`Xenstored::shutdown`] (or drop) stops the thread, closes every
 //!   connection and removes the sockets.
@@ -38,7 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{oneshot, Semaphore};
@@ -62,6 +66,9 @@ use crate::abi::xs_wire::{XsErrno, XsType};
 /// * when a request of connection W leaves R with `QUEUE_CAPACITY` messages
 ///   or more, W's next request is not read until R is below
 ///   `QUEUE_CAPACITY` again: the writer is throttled, R loses nothing. A
+///   throttled W that hangs up (shuts down its write half or closes) is
+///   noticed while it waits, and its connection ends at once (what it sent
+///   and was not read yet is not handled). A
 ///   request's own events are always queued, so R's queue is bounded by
 ///   `QUEUE_CAPACITY` plus one request's events per connection writing to
 ///   it (a write fires at most one event per watch of R);
@@ -78,10 +85,23 @@ use crate::abi::xs_wire::{XsErrno, XsType};
 ///   connection whose watch event is not taken within 20 s).
 pub const QUEUE_CAPACITY: usize = 1024;
 
+/// Bytes (headers and payloads) a connection may have queued before the
+/// writers of its events wait: the rules of [`QUEUE_CAPACITY`] apply to
+/// whichever bound is reached first, so that big messages cannot pin what
+/// the count alone allows (1024 events of 4 KB, on each of a guest's 64
+/// connections). A queue holds at most about `QUEUE_BYTES`, plus one
+/// request's events per connection writing to it, plus the replies the
+/// `outstanding` limit allows.
+pub const QUEUE_BYTES: usize = 256 * 1024;
+
 /// An unprivileged connection with more queued messages than this is
 /// dropped (only writers that never wait for it, dom0 and the host, can
 /// take it there).
 pub const UNPRIVILEGED_QUEUE_MAX: usize = 2 * QUEUE_CAPACITY;
+
+/// An unprivileged connection with more queued bytes than this is dropped
+/// (as [`UNPRIVILEGED_QUEUE_MAX`]).
+pub const UNPRIVILEGED_QUEUE_MAX_BYTES: usize = 2 * QUEUE_BYTES;
 
 /// How long an unprivileged connection may leave a waiting writer without
 /// writing anything before it is dropped.
@@ -108,6 +128,10 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(1);
 /// stops reading its requests (unprivileged ones use the `outstanding`
 /// quota).
 const PRIV_OUTSTANDING: usize = QUEUE_CAPACITY / 2;
+
+/// How often a throttled connection with unread requests is checked for
+/// a hang-up (one without unread requests is noticed at once).
+const HANG_UP_CHECK: Duration = Duration::from_millis(50);
 
 /// Bytes a writer task gathers into one socket write.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -138,6 +162,8 @@ pub struct XenstoredStats {
 struct ConnEntry {
     domid: u16,
     out: Arc<OutQueue>,
+    /// The reader task, until it ends; the entry stays until the writer
+    /// ends too (it may still hold the socket and queued messages).
     reader: Option<AbortHandle>,
     writer: Option<JoinHandle<()>>,
 }
@@ -340,8 +366,19 @@ impl Inner {
         self.dir.join(format!("{domid}.sock"))
     }
 
-    /// Opens the socket of `domid` unless it is open.
+    /// Opens the socket of `domid` unless it is open, or the domain is not
+    /// introduced (released meanwhile: checked under the store lock, so
+    /// that a release on another thread cannot come between the check and
+    /// the socket).
     fn listen(self: &Arc<Self>, domid: u16) -> io::Result<()> {
+        let store = lock(&self.store);
+        if !store.is_introduced(domid) {
+            tracing::debug!(
+                domid,
+                "xenstored: no socket for a domain released meanwhile"
+            );
+            return Ok(());
+        }
         let mut listeners = lock(&self.listeners);
         if listeners.contains_key(&domid) {
             return Ok(());
@@ -381,32 +418,34 @@ impl Inner {
             .filter(|(_, c)| c.domid == domid)
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            self.kill(store, &mut conns, id);
-        }
+        // The socket first: once a client sees its connection end, the
+        // domain's socket is gone.
         if let Some((path, task)) = lock(&self.listeners).remove(&domid) {
             task.abort();
             let _ = std::fs::remove_file(path);
         }
+        for id in ids {
+            self.kill(store, &mut conns, id);
+        }
         tracing::debug!(domid, "xenstored: domain released, its connections closed");
     }
 
-    /// Queues `msg` for `conn`; the receiver's queue and length, if it is
-    /// open.
+    /// Queues `msg` for `conn`; the receiver and whether its queue is now
+    /// full (see [`QUEUE_BYTES`]), if it is open.
     fn push<'a>(
         &self,
         conns: &'a HashMap<ConnId, ConnEntry>,
         conn: ConnId,
         msg: XsMsg,
-    ) -> Option<(&'a ConnEntry, usize)> {
+    ) -> Option<(&'a ConnEntry, bool)> {
         let c = conns.get(&conn)?;
         let event = msg.ty == XsType::WatchEvent.raw();
         match c.out.push(msg) {
-            Pushed::Queued(n) => {
+            Pushed::Queued(n, bytes) => {
                 if event {
                     self.counters.events.fetch_add(1, Ordering::Relaxed);
                 }
-                Some((c, n))
+                Some((c, n >= QUEUE_CAPACITY || bytes >= QUEUE_BYTES))
             }
             Pushed::Coalesced => {
                 self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
@@ -425,8 +464,8 @@ impl Inner {
         let mut full: Vec<(ConnId, Arc<OutQueue>, u16)> = Vec::new();
         for ev in events {
             let conn = ev.conn;
-            if let Some((c, n)) = self.push(conns, conn, ev.to_msg()) {
-                if n >= QUEUE_CAPACITY && !full.iter().any(|f| f.0 == conn) {
+            if let Some((c, is_full)) = self.push(conns, conn, ev.to_msg()) {
+                if is_full && !full.iter().any(|f| f.0 == conn) {
                     full.push((conn, c.out.clone(), c.domid));
                 }
             }
@@ -450,14 +489,15 @@ impl Inner {
         full: impl Iterator<Item = (ConnId, u16)>,
     ) {
         for (id, domid) in full {
-            let over = conns
-                .get(&id)
-                .is_some_and(|c| c.out.len() > UNPRIVILEGED_QUEUE_MAX);
+            let over = conns.get(&id).is_some_and(|c| {
+                c.out
+                    .over(UNPRIVILEGED_QUEUE_MAX, UNPRIVILEGED_QUEUE_MAX_BYTES)
+            });
             if domid != 0 && over {
                 tracing::warn!(
                     conn = %id,
                     domid,
-                    "xenstored: dropping an unprivileged connection that does not read its messages ({UNPRIVILEGED_QUEUE_MAX} queued)"
+                    "xenstored: dropping an unprivileged connection that does not read its messages (over {UNPRIVILEGED_QUEUE_MAX} or {UNPRIVILEGED_QUEUE_MAX_BYTES} bytes queued)"
                 );
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 self.kill(store, conns, id);
@@ -516,9 +556,15 @@ impl Inner {
 
     /// Handles one request of `conn`; answers the receivers the connection
     /// must wait for before its next request.
+    /// Nothing happens if the connection was closed meanwhile (its domain
+    /// released, or dropped for being slow, on another thread while this
+    /// one waited for the store lock).
     fn request(self: &Arc<Self>, conn: ConnId, domid: u16, msg: &XsMsg) -> Vec<Wait> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut store = lock(&self.store);
+        if !lock(&self.conns).contains_key(&conn) {
+            return Vec::new();
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let out = store.handle(conn, domid, msg);
         tracing::trace!(%conn, request = ?msg, reply = ?out.reply, "xenstored");
         let released = match (msg.kind(), out.reply.error_name()) {
@@ -567,12 +613,13 @@ impl Inner {
     async fn wait_room(&self, w: Wait) {
         self.counters.throttled.fetch_add(1, Ordering::Relaxed);
         if !w.unprivileged {
-            w.out.room(QUEUE_CAPACITY).await;
+            w.out.room(QUEUE_CAPACITY, QUEUE_BYTES).await;
             return;
         }
         loop {
             let before = w.out.sent();
-            match tokio::time::timeout(stall_limit(), w.out.room(QUEUE_CAPACITY)).await {
+            let room = w.out.room(QUEUE_CAPACITY, QUEUE_BYTES);
+            match tokio::time::timeout(stall_limit(), room).await {
                 Ok(()) => return,
                 Err(_) if w.out.sent() == before => {
                     self.kill_stalled(w.conn);
@@ -583,21 +630,38 @@ impl Inner {
         }
     }
 
-    /// The connection's reader ended (EOF or error): forget it; its writer
-    /// finishes what is queued, then closes.
+    /// The connection's reader ended (EOF or error): its watches and
+    /// transactions go; its writer finishes what is queued (with a
+    /// deadline if unprivileged, see [`writer`]), then closes. The entry
+    /// stays until the writer ends, so that the connection still counts
+    /// against [`MAX_CONNECTIONS_PER_DOMAIN`] and is closed with its domain.
     fn reader_done(&self, conn: ConnId) {
         let mut store = lock(&self.store);
-        if let Some(c) = lock(&self.conns).remove(&conn) {
+        if let Some(c) = lock(&self.conns).get_mut(&conn) {
+            c.reader = None;
             c.out.close();
         }
         store.disconnect(conn);
     }
 
-    /// The connection's writer failed: drop everything.
-    fn writer_failed(&self, conn: ConnId) {
+    /// The connection's writer ended (its queue closed and flushed, or a
+    /// write failed or timed out): drop everything.
+    fn writer_done(&self, conn: ConnId) {
         let mut store = lock(&self.store);
         let mut conns = lock(&self.conns);
         self.kill(&mut store, &mut conns, conn);
+    }
+
+    /// Replies a new connection of `domid` may have queued before its
+    /// requests are not read: the domain's own `outstanding` quota (SET_QUOTA
+    /// `<domid> outstanding` changes it), at most [`PRIV_OUTSTANDING`].
+    fn outstanding_limit(&self, domid: u16) -> usize {
+        let q = lock(&self.store).quotas_for(domid).outstanding as usize;
+        if domid == 0 || q == 0 {
+            PRIV_OUTSTANDING
+        } else {
+            q.min(PRIV_OUTSTANDING)
+        }
     }
 
     /// Registers a new connection of `domid` unless refused: its domain is
@@ -669,20 +733,12 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
             continue;
         }
         let (rd, wr) = stream.into_split();
-        let limit = {
-            let q = lock(&inner.store).quotas().outstanding as usize;
-            if domid == 0 || q == 0 {
-                PRIV_OUTSTANDING
-            } else {
-                q.min(PRIV_OUTSTANDING)
-            }
-        };
-        let sem = Arc::new(Semaphore::new(limit));
+        let sem = Arc::new(Semaphore::new(inner.outstanding_limit(domid)));
         let span = tracing::info_span!("xenstored-conn", %id, domid);
         let r = tokio::spawn(
             reader(inner.clone(), id, domid, rd, sem.clone()).instrument(span.clone()),
         );
-        let w = tokio::spawn(writer(inner.clone(), id, wr, out, sem).instrument(span));
+        let w = tokio::spawn(writer(inner.clone(), id, domid, wr, out, sem).instrument(span));
         match lock(&inner.conns).get_mut(&id) {
             Some(c) => {
                 c.reader = Some(r.abort_handle());
@@ -694,6 +750,23 @@ async fn accept_loop(inner: Arc<Inner>, domid: u16, listener: UnixListener) {
             }
         }
         tracing::debug!(%id, domid, "xenstored: connection accepted");
+    }
+}
+
+/// Reads the next request once an `outstanding` permit is free; `None`
+/// when the connection ends (EOF, error, oversized header).
+async fn read_next(sem: &Semaphore, rd: &mut OwnedReadHalf) -> Option<XsMsg> {
+    sem.acquire().await.ok()?.forget();
+    match read_msg(rd).await {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::warn!(error = %e, "xenstored: closing a connection that sent an oversized message");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "xenstored: connection read failed");
+            None
+        }
     }
 }
 
@@ -712,27 +785,68 @@ async fn reader(
         }
     }
     let _done = Done(inner.clone(), id);
-    loop {
-        match sem.acquire().await {
-            Ok(p) => p.forget(),
-            Err(_) => break,
+    let mut next = read_next(&sem, &mut rd).await;
+    while let Some(msg) = next {
+        let waits = inner.request(id, domid, &msg);
+        if !waits.is_empty() {
+            // The writer is throttled: its next request waits for the
+            // receivers its events filled, unless it hangs up meanwhile.
+            let rooms = async {
+                for w in waits {
+                    inner.wait_room(w).await;
+                }
+            };
+            tokio::select! {
+                () = rooms => {}
+                () = hung_up(&rd) => {
+                    tracing::debug!("xenstored: a throttled connection hung up");
+                    break;
+                }
+            }
         }
-        let msg = match read_msg(&mut rd).await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                tracing::warn!(error = %e, "xenstored: closing a connection that sent an oversized message");
-                break;
+        next = read_next(&sem, &mut rd).await;
+    }
+}
+
+/// Resolves once the client has shut down its write half or closed the
+/// connection (or the socket failed), without reading what it sent.
+async fn hung_up(rd: &OwnedReadHalf) {
+    let stream: &UnixStream = rd.as_ref();
+    loop {
+        match stream.ready(Interest::READABLE).await {
+            Ok(r) if r.is_read_closed() => return,
+            // Requests are waiting, to be read later in order. Their
+            // readiness must not be cleared (the reader would never be
+            // woken for them), so look again after a while.
+            Ok(_) => tokio::time::sleep(HANG_UP_CHECK).await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes `buf`. Once the reader of an unprivileged connection has ended
+/// (its queue is closed), a write that makes no headway for
+/// [`UNPRIVILEGED_STALL`] fails: a guest that hung up its write half (or
+/// sent an oversized header) and reads nothing cannot keep the writer, its
+/// socket and its queue forever.
+async fn write_batch(
+    wr: &mut OwnedWriteHalf,
+    buf: &[u8],
+    out: &OutQueue,
+    unprivileged: bool,
+) -> io::Result<()> {
+    let write = wr.write_all(buf);
+    tokio::pin!(write);
+    loop {
+        match tokio::time::timeout(stall_limit(), &mut write).await {
+            Ok(r) => return r,
+            Err(_) if unprivileged && out.is_closed() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client reads nothing and its reader has ended",
+                ))
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "xenstored: connection read failed");
-                break;
-            }
-        };
-        // The writer is throttled: its next request waits for the
-        // receivers its events filled.
-        for w in inner.request(id, domid, &msg) {
-            inner.wait_room(w).await;
+            Err(_) => {}
         }
     }
 }
@@ -740,6 +854,7 @@ async fn reader(
 async fn writer(
     inner: Arc<Inner>,
     id: ConnId,
+    domid: u16,
     mut wr: OwnedWriteHalf,
     out: Arc<OutQueue>,
     sem: Arc<Semaphore>,
@@ -754,10 +869,10 @@ async fn writer(
             }
             buf.extend_from_slice(&m.to_bytes());
         }
-        if let Err(e) = wr.write_all(&buf).await {
+        if let Err(e) = write_batch(&mut wr, &buf, &out, domid != 0).await {
             tracing::debug!(error = %e, "xenstored: connection write failed");
             sem.close();
-            inner.writer_failed(id);
+            inner.writer_done(id);
             return;
         }
         sem.add_permits(replies);
@@ -765,6 +880,7 @@ async fn writer(
     }
     sem.close();
     let _ = wr.shutdown().await;
+    inner.writer_done(id);
 }
 
 #[cfg(test)]
