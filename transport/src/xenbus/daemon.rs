@@ -178,6 +178,29 @@ impl Daemon {
     /// closing the devices (their rings and grants are released).
     pub async fn run(&self, shutdown: CancellationToken) -> Result<DaemonStats, XenbusError> {
         let _locks = self.lock_kinds()?;
+        let mut ended = self.platform.ended();
+        match self.serve(shutdown, &mut ended).await {
+            Err(e) if !matches!(e, XenbusError::PlatformEnded { .. }) => {
+                // A failing XenStore call is often the first sign of a host
+                // that went away (it serves XenStore too): if the platform
+                // ended, that is the error to report.
+                match tokio::time::timeout(Duration::from_secs(2), &mut ended).await {
+                    Ok(error) => Err(XenbusError::PlatformEnded {
+                        domid: self.platform.domid(),
+                        error,
+                    }),
+                    Err(_) => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    async fn serve(
+        &self,
+        shutdown: CancellationToken,
+        ended: &mut futures::future::BoxFuture<'static, crate::platform::PlatformError>,
+    ) -> Result<DaemonStats, XenbusError> {
         let mut watches: Vec<BoxStream<'static, (String, String)>> = Vec::new();
         for kind in self.drivers.keys() {
             let k = kind.clone();
@@ -197,11 +220,10 @@ impl Daemon {
         for kind in self.drivers.keys() {
             self.rescan(kind, &mut tasks, &mut set, &devices).await?;
         }
-        let mut ended = self.platform.ended();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                error = &mut ended => {
+                error = &mut *ended => {
                     // Nothing can be closed in order any more: the
                     // domain or its host is gone. Drop the devices.
                     tracing::error!(domid = self.platform.domid(), %error,
