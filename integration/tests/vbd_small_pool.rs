@@ -29,7 +29,16 @@ fn plain(log: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_pool_carries_big_requests_and_bad_sizes_are_refused() -> anyhow::Result<()> {
     let v = Vbd::start_with(16 << 20, false, &[("pool-pages", "24")]).await?;
-    let log = plain(&v.frontend.log());
+    // The frontend logs its geometry as it connects, which may land in the
+    // log file a moment after the device shows Connected.
+    let mut log = plain(&v.frontend.log());
+    for _ in 0..500 {
+        if log.contains("pool_pages=") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        log = plain(&v.frontend.log());
+    }
     assert!(
         log.contains("pool_pages=24") && log.contains("indirect=12"),
         "the frontend uses the small pool and requests that fit it twice:\n{log}"
