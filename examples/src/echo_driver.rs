@@ -29,9 +29,9 @@
 //!                                                    call(UPPER "hello, xen") ...
 //! ```
 //!
-//! Why two processes: a process speaks to XenStore as one domain only (the
-//! XenStore client finds its socket in `XENSTORED_PATH`, and the socket
-//! says which domain is speaking), and so does a real guest. So dom0 (the
+//! Why two processes: a real guest is another program in another domain
+//! (the XenStore socket a client connects to says which domain is
+//! speaking; the guest reads its socket from `XENSTORED_PATH` at start-up). So dom0 (the
 //! host, the toolstack and the backend) runs in this process and the guest
 //! is this same program started again with a hidden first argument
 //! ([`GUEST_ROLE`]); it joins domain 1 through the three environment
@@ -461,7 +461,10 @@ pub fn guest_main() -> ExitCode {
 async fn guest() -> anyhow::Result<GuestCounts> {
     let platform: Arc<dyn Platform> =
         Arc::new(SimDomain::from_env().context("joining the guest's domain")?);
-    let xs = XsClient::connect()
+    // A binary: the environment is read here, once, at start-up.
+    let xs_path = std::env::var_os(ENV_XENSTORED_PATH)
+        .with_context(|| format!("{ENV_XENSTORED_PATH} is not set"))?;
+    let xs = XsClient::connect(xs_path)
         .await
         .context("connecting to XenStore")?;
     let (tx, mut sessions) = mpsc::channel(1);

@@ -10,9 +10,9 @@
 //!     `-- child: frontend daemon  (domain N) -- chan sockets in <dir>/dom<N>/
 //! ```
 //!
-//! XenStore: this process's client is dom0's, chosen through
-//! `XENSTORED_PATH` (xenstore-rs reads only that), so one [`System`] per
-//! process.
+//! XenStore: this process's client is dom0's, on the host's dom0 socket;
+//! the daemons get their domain's socket in `XENSTORED_PATH`. Several
+//! [`System`]s can live in one process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -213,9 +213,7 @@ impl System {
         host.create_domain(0)
             .map_err(|e| anyhow!("creating domain 0: {e}"))?;
         let xs_path = host.xenstore_path(0)?;
-        // xenstore-rs reads the socket from the environment only.
-        std::env::set_var("XENSTORED_PATH", &xs_path);
-        let xs = XsClient::connect()
+        let xs = XsClient::connect(&xs_path)
             .await
             .context("connecting to XenStore as dom0")?;
         Ok(System {

@@ -32,10 +32,13 @@ async fn a_lagging_watch_still_delivers_every_removal() -> anyhow::Result<()> {
     let (target, _echo) = echo_server().await?;
     // The backend daemon in this process, as dom0, with a one-event watch
     // queue.
-    let xs = XsClient::connect_with(ClientOptions {
-        watch_queue: 1,
-        ..ClientOptions::default()
-    })
+    let xs = XsClient::connect_with(
+        sys.host().xenstore_path(0)?,
+        ClientOptions {
+            watch_queue: 1,
+            ..ClientOptions::default()
+        },
+    )
     .await?;
     let platform = Arc::new(SimDomain::connect(sys.host().control_path(), 0)?);
     let devices: Vec<Arc<dyn BackendDevice>> = vec![Arc::new(ChanBackend::new())];

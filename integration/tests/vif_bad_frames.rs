@@ -188,10 +188,8 @@ async fn malformed_frames_are_refused_counted_and_survived() -> anyhow::Result<(
     let backend = sys.spawn_backend_in(ns.name(), 0, &["--devices", "vif"])?;
 
     // The hostile frontend: a frontend daemon of domain 1 in this process
-    // (XenStore is chosen by XENSTORED_PATH: domain 1's for this client).
-    std::env::set_var("XENSTORED_PATH", sys.host().xenstore_path(1)?);
-    let xs1 = XsClient::connect().await?;
-    std::env::set_var("XENSTORED_PATH", sys.host().xenstore_path(0)?);
+    // (on domain 1's XenStore socket).
+    let xs1 = XsClient::connect(sys.host().xenstore_path(1)?).await?;
     let dom1: Arc<dyn Platform> = Arc::new(SimDomain::connect(sys.host().control_path(), 1)?);
     let results: Results = Arc::default();
     let d = xenring_frontend::daemon(

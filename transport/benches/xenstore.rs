@@ -37,9 +37,13 @@ async fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     let xsd = Xenstored::start(dir.path(), Quotas::default()).unwrap();
+    // xenstore-rs's own connection finds its socket only in the
+    // environment (set here while the bench has one thread).
     std::env::set_var(ENV_XENSTORED_PATH, xsd.socket_path(0).unwrap());
     let rs = XsTokio::new().await.unwrap();
-    let ours = XsClient::connect().await.unwrap();
+    let ours = XsClient::connect(xsd.socket_path(0).unwrap())
+        .await
+        .unwrap();
     rs.write("/bench/r", "some value of moderate length")
         .await
         .unwrap();

@@ -45,7 +45,9 @@ fn check(buf: &[u8], first: u64) -> Option<usize> {
 
 async fn server() {
     let dom = SimDomain::from_env().unwrap();
-    let xs = XsClient::connect().await.unwrap();
+    let xs = XsClient::connect(std::env::var_os("XENSTORED_PATH").unwrap())
+        .await
+        .unwrap();
     // Left (client to server) one page; right (server to client) 1 MiB.
     let listener = VchanServer::listen(&dom, &xs, ADDR, 12, 20).await.unwrap();
     let mut s = listener.accept(&xs).await.unwrap();
@@ -72,7 +74,9 @@ async fn server() {
 
 async fn client() {
     let dom = SimDomain::from_env().unwrap();
-    let xs = XsClient::connect().await.unwrap();
+    let xs = XsClient::connect(std::env::var_os("XENSTORED_PATH").unwrap())
+        .await
+        .unwrap();
     let mut s = connect(&dom, &xs, ADDR).await.unwrap();
     let mut buf = vec![0u8; CHUNK];
     let mut word = 0u64;

@@ -15,13 +15,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
-use xenring::xenstore::{
-    ClientOptions, Perm, PermAccess, Quotas, Xenstored, XsClient, XsError, ENV_XENSTORED_PATH,
-};
+use xenring::xenstore::{ClientOptions, Perm, PermAccess, Quotas, Xenstored, XsClient, XsError};
 
 struct Fixture {
     _dir: Option<tempfile::TempDir>,
     _xsd: Option<Xenstored>,
+    dom0: PathBuf,
     dom1: PathBuf,
 }
 
@@ -29,10 +28,10 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         if let Some(external) = std::env::var_os("XENRING_TEST_XENSTORED") {
-            std::env::set_var(ENV_XENSTORED_PATH, &external);
             return Fixture {
                 _dir: None,
                 _xsd: None,
+                dom0: PathBuf::from(external),
                 dom1: PathBuf::from("/nonexistent: no domain 1 socket on an external xenstored"),
             };
         }
@@ -42,9 +41,8 @@ fn fixture() -> &'static Fixture {
         xsd.introduce_domain(1);
         let dom0 = xsd.socket_path(0).unwrap();
         let dom1 = xsd.socket_path(1).unwrap();
-        // Set once, before any client of this process reads it.
-        std::env::set_var(ENV_XENSTORED_PATH, &dom0);
         Fixture {
+            dom0,
             _dir: Some(dir),
             _xsd: Some(xsd),
             dom1,
@@ -53,8 +51,7 @@ fn fixture() -> &'static Fixture {
 }
 
 async fn client() -> XsClient {
-    fixture();
-    XsClient::connect().await.unwrap()
+    XsClient::connect(&fixture().dom0).await.unwrap()
 }
 
 #[tokio::test]
@@ -173,7 +170,7 @@ async fn watches_fire_on_set_and_below_and_an_undrained_one_stalls_nothing() {
         watch_queue: 4,
         ..ClientOptions::default()
     };
-    let lazy = XsClient::connect_with(opts).await.unwrap();
+    let lazy = XsClient::connect_with(&fixture().dom0, opts).await.unwrap();
     let mut undrained = lazy.watch("/test/flood").await.unwrap();
     for i in 0..300 {
         lazy.write(&format!("/test/flood/{}", i % 7), &i.to_string())

@@ -2,8 +2,7 @@
 //! error with request id 0, then close, as xenstored does for a domain
 //! with too many connections): connecting fails naming the errno, and a
 //! client whose connection was lost retries with a growing pause instead
-//! of reconnecting in a loop. (Its own test binary: the socket comes from
-//! `XENSTORED_PATH`, set once per process.)
+//! of reconnecting in a loop.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::AbortHandle;
 use xenring::abi::xs_wire::XsErrno;
-use xenring::xenstore::{ClientOptions, Quotas, Xenstored, XsClient, XsMsg, ENV_XENSTORED_PATH};
+use xenring::xenstore::{ClientOptions, Quotas, Xenstored, XsClient, XsMsg};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_a_connect_error_and_reconnects_back_off() {
@@ -46,16 +45,17 @@ async fn a_refused_connection_is_a_connect_error_and_reconnects_back_off() {
             }
         });
     }
-    std::env::set_var(ENV_XENSTORED_PATH, &front);
     let opts = ClientOptions {
         timeout: Duration::from_secs(2),
         ..ClientOptions::default()
     };
-    let e = XsClient::connect_with(opts.clone()).await.unwrap_err();
+    let e = XsClient::connect_with(&front, opts.clone())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("ENOSPC"), "{e}");
 
     serve.store(true, Ordering::SeqCst);
-    let c = XsClient::connect_with(opts).await.unwrap();
+    let c = XsClient::connect_with(&front, opts).await.unwrap();
     c.write("/r/x", "1").await.unwrap();
     serve.store(false, Ordering::SeqCst);
     let before = accepted.load(Ordering::SeqCst);

@@ -273,7 +273,7 @@ pub async fn run(n: usize, settle: Duration) -> anyhow::Result<Measured> {
     for d in &frontends {
         wait_started(d).await?;
     }
-    let (tracker, tracking) = Tracker::start(&fes).await?;
+    let (tracker, tracking) = Tracker::start(&sys.host().xenstore_path(0)?, &fes).await?;
     let task_size = device_task_size(&sys)?;
     let fail = |e: anyhow::Error| anyhow::anyhow!("{e:#}\n{}", logs(&backend, &frontends));
     let mut m = Measured {

@@ -43,8 +43,11 @@ pub struct Tracker {
 impl Tracker {
     /// Watches the chan device directories of backend dom0 and of the
     /// frontend domains `fes`, on a connection of its own.
-    pub async fn start(fes: &[u16]) -> anyhow::Result<(Tracker, tokio::task::JoinHandle<()>)> {
-        let xs = XsClient::connect().await?;
+    pub async fn start(
+        xenstore: &std::path::Path,
+        fes: &[u16],
+    ) -> anyhow::Result<(Tracker, tokio::task::JoinHandle<()>)> {
+        let xs = XsClient::connect(xenstore).await?;
         let mut watches = vec![xs.watch("/local/domain/0/backend/chan").await?];
         for fe in fes {
             watches.push(xs.watch(&format!("/local/domain/{fe}/device/chan")).await?);

@@ -108,7 +108,9 @@ fn vchan() -> f64 {
 
 async fn vchan_server() {
     let dom = SimDomain::from_env().expect("join the host");
-    let xs = XsClient::connect().await.expect("xenstore");
+    let xs = XsClient::connect(std::env::var_os("XENSTORED_PATH").expect("XENSTORED_PATH"))
+        .await
+        .expect("xenstore");
     let listener = VchanServer::listen(&dom, &xs, ADDR, 12, 20)
         .await
         .expect("listen");
@@ -126,7 +128,9 @@ async fn vchan_server() {
 
 async fn vchan_client() {
     let dom = SimDomain::from_env().expect("join the host");
-    let xs = XsClient::connect().await.expect("xenstore");
+    let xs = XsClient::connect(std::env::var_os("XENSTORED_PATH").expect("XENSTORED_PATH"))
+        .await
+        .expect("xenstore");
     let mut s = connect(&dom, &xs, ADDR).await.expect("connect");
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;

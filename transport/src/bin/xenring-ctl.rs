@@ -182,7 +182,7 @@ fn why(e: &std::io::Error) -> String {
 }
 
 async fn connect(path: &Path, hint: &str) -> Result<XsClient> {
-    match XsClient::connect().await {
+    match XsClient::connect(path).await {
         Ok(xs) => Ok(xs),
         Err(XsError::Connect { source, .. }) => {
             bail!(
@@ -197,9 +197,6 @@ async fn connect(path: &Path, hint: &str) -> Result<XsClient> {
 
 fn run(cli: Cli) -> Result<()> {
     let (path, hint) = xenstore_path(&cli)?;
-    // XsClient (and xenstore-rs under it) read the socket from the
-    // environment; set it while this process has one thread.
-    std::env::set_var(ENV_XENSTORED_PATH, &path);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -52,8 +52,8 @@ impl SimAdmin {
         }
     }
 
-    /// The host's xenstored socket for domain `domid` (what
-    /// `XENSTORED_PATH` should name for a client speaking as that domain).
+    /// The host's xenstored socket for domain `domid` (where a client
+    /// speaking as that domain connects).
     pub fn xenstore_path(&self, domid: DomId) -> Result<std::path::PathBuf> {
         match call_on(&self.conn, &Request::XenstorePath { domid })?.0 {
             Reply::Path { path } => Ok(path.into()),

@@ -169,8 +169,9 @@ impl SimHost {
     }
 
     /// The xenstored socket of domain `domid` (connections to it speak for
-    /// that domain; dom0's is privileged). Give it to clients as
-    /// `XENSTORED_PATH`.
+    /// that domain; dom0's is privileged): the path for
+    /// [`XsClient::connect`](crate::xenstore::XsClient::connect), or
+    /// `XENSTORED_PATH` for other programs.
     pub fn xenstore_path(&self, domid: u16) -> io::Result<PathBuf> {
         self.shared.xenstored.socket_path(domid)
     }

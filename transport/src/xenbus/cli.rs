@@ -78,8 +78,8 @@ impl CommonArgs {
         }
     }
 
-    /// Opens the platform and XenStore. Must run before other threads read
-    /// the environment: it sets `XENSTORED_PATH` from `--xenstore`.
+    /// Opens the platform and XenStore (at `--xenstore`, which clap took
+    /// from `XENSTORED_PATH` when the flag is absent).
     pub async fn connect(&self) -> Result<(Arc<dyn Platform>, XsClient), StartError> {
         if self.platform == PlatformKind::Xen {
             return self.connect_xen().await;
@@ -108,9 +108,7 @@ impl CommonArgs {
                 "no XenStore named: pass --xenstore PATH or set XENSTORED_PATH".into(),
             )
         })?;
-        // xenstore-rs reads the socket from the environment only.
-        std::env::set_var("XENSTORED_PATH", &path);
-        let xs = XsClient::connect().await.map_err(|e| {
+        let xs = XsClient::connect(&path).await.map_err(|e| {
             StartError::Xenstore(format!(
                 "no XenStore at {}: {}; is the sim host running?",
                 path.display(),
@@ -172,8 +170,7 @@ pub async fn connect_xen_xenstore(
             }
         },
     };
-    std::env::set_var("XENSTORED_PATH", &path);
-    let xs = XsClient::connect().await.map_err(|e| {
+    let xs = XsClient::connect(&path).await.map_err(|e| {
         StartError::Xenstore(format!(
             "no XenStore at {}: {}",
             path.display(),

@@ -1,9 +1,8 @@
 //! The XenBus helpers and the toolstack against an embedded xenstored.
 //!
-//! XsClient reads its socket from `XENSTORED_PATH` when it connects, so
-//! this module starts one xenstored for all its tests and sets the
-//! variable once (to dom0's socket) before any client exists; a domU's
-//! view goes through a raw [`XsConn`] on that domain's socket. Each test
+//! This module starts one xenstored for all its tests; clients speak as
+//! dom0 on its dom0 socket, and a domU's view goes through a raw
+//! [`XsConn`] on that domain's socket. Each test
 //! uses its own device kind, so tests running side by side never see each
 //! other's devices.
 
@@ -19,7 +18,7 @@ use super::*;
 use crate::abi::xenbus::XenbusState;
 use crate::abi::xs_wire::{XsErrno, XsType};
 use crate::xenstore::conn::XsConn;
-use crate::xenstore::{Perm, PermAccess, Quotas, Xenstored, XsClient, XsMsg, ENV_XENSTORED_PATH};
+use crate::xenstore::{Perm, PermAccess, Quotas, Xenstored, XsClient, XsMsg};
 
 const LONG: Duration = Duration::from_secs(10);
 
@@ -27,6 +26,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     _xsd: Xenstored,
     dir: PathBuf,
+    dom0: PathBuf,
 }
 
 fn fixture() -> &'static Fixture {
@@ -40,9 +40,8 @@ fn fixture() -> &'static Fixture {
         for d in [1, 2] {
             xsd.socket_path(d).unwrap();
         }
-        // Set once, before any client of this process reads it.
-        std::env::set_var(ENV_XENSTORED_PATH, &dom0);
         Fixture {
+            dom0,
             dir: xsd.dir().to_path_buf(),
             _dir: dir,
             _xsd: xsd,
@@ -51,8 +50,7 @@ fn fixture() -> &'static Fixture {
 }
 
 async fn client() -> XsClient {
-    fixture();
-    XsClient::connect().await.unwrap()
+    XsClient::connect(&fixture().dom0).await.unwrap()
 }
 
 /// A raw connection speaking for `domid`.

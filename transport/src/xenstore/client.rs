@@ -1,30 +1,29 @@
 //! The hardened XenStore client every other part of xenring uses.
 //!
-//! It wraps xenstore-rs's `XsTokio` (read, write, directory, rm, watch) and
-//! designs around that crate's limits:
+//! It talks to the socket it is given ([`XsClient::connect`]): nothing in
+//! the library reads a process-wide variable (binaries read
+//! `XENSTORED_PATH` once at start-up and pass the path). It speaks on the
+//! project's own connection ([`XsConn`]), and implements xenstore-rs's
+//! traits (`AsyncXs`, `AsyncWatch`: see `rs_traits`), so code written
+//! against xenstore-rs takes it as it is. (xenstore-rs's own connection,
+//! `XsTokio::new()`, finds its socket only in `XENSTORED_PATH`, and its
+//! wire types are private to it.) So:
 //!
-//! * the socket comes only from `XENSTORED_PATH` (read at connect): the
-//!   client reads the same variable, so both its connections agree;
-//! * a payload over 4096 bytes hangs its connection: every request is
-//!   checked here first ([`XsError::Invalid`]);
-//! * after a server disconnect its calls hang: every call has a timeout, and
-//!   the client keeps a second connection of its own (on the project's
-//!   codec, [`XsConn`]) whose EOF is noticed at once;
-//! * its watch streams block its connection when not drained, and never end
-//!   when the connection dies: watches are set on [`XsConn`] instead, whose
-//!   reader never waits (when a consumer lags, its events coalesce into one
-//!   event for the watched path);
-//! * whichever connection dies, both are replaced: a supervisor task
-//!   reconnects when [`XsConn`] closes, or when a call on xenstore-rs's
-//!   connection fails or times out while [`XsConn`] lives (the call is
-//!   retried once on the new connections), and sets every watch again;
-//!   a connection that dies young (a server that accepts, then refuses
-//!   with an unsolicited error and closes) makes the next attempt wait,
-//!   with a pause doubling up to a second until a connection lives;
+//! * a payload over 4096 bytes is refused here, before it is sent
+//!   ([`XsError::Invalid`]);
+//! * every call has a timeout, and the connection's EOF is noticed at once:
+//!   every waiting call fails, nothing hangs;
+//! * watches never block the connection: a watch's events go to its own
+//!   bounded queue, and when a consumer lags its events coalesce into one
+//!   event for the watched path;
+//! * when the connection dies, or a call gets no answer in time while it
+//!   lives (a server that stopped answering), a supervisor task reconnects
+//!   to the same path (the call is retried once on the new connection) and
+//!   sets every watch again; a connection that dies young (a server that
+//!   accepts, then refuses with an unsolicited error and closes) makes the
+//!   next attempt wait, with a pause doubling up to a second until a
+//!   connection lives;
 //! * a connection the server refuses is a connect error naming the errno.
-//!
-//! The operations xenstore-rs lacks (mkdir, permissions, transactions with
-//! retry on EAGAIN, domain paths) go over [`XsConn`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,18 +31,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use xenstore_rs::tokio::XsTokio;
-use xenstore_rs::AsyncXs;
-
 use super::codec::{XsErrno, XsMsg, XsType};
 use super::conn::XsConn;
 use super::error::{absent_as_none, check_path, check_payload, XsError};
 use super::perm::Perm;
 use super::watch::{WatchReg, XsWatch};
 
-/// Where xenstore-rs (and so this client) finds the socket.
+/// The variable through which Xen's tools (and xenring's binaries, once at
+/// start-up) name the xenstored socket. The library never reads it.
 pub const ENV_XENSTORED_PATH: &str = "XENSTORED_PATH";
-/// The socket used when `XENSTORED_PATH` is not set.
+/// dom0's xenstored socket (what Xen's tools use when `XENSTORED_PATH` is
+/// not set).
 pub const DEFAULT_XENSTORED_PATH: &str = "/run/xenstored/socket";
 
 /// Client settings.
@@ -77,7 +75,6 @@ impl Default for ClientOptions {
 
 #[derive(Clone)]
 struct Conn {
-    xs: XsTokio,
     raw: Arc<XsConn>,
     generation: u64,
 }
@@ -87,8 +84,8 @@ pub(super) struct Inner {
     pub(super) opts: ClientOptions,
     conn: Mutex<Conn>,
     reconnected: tokio::sync::watch::Sender<u64>,
-    /// The generation whose xenstore-rs connection a call found dead (the
-    /// supervisor replaces it).
+    /// The generation on which a call got no answer (the supervisor
+    /// replaces the connection).
     suspect: tokio::sync::watch::Sender<u64>,
     pub(super) watches: Mutex<HashMap<u64, WatchReg>>,
     next_watch: AtomicU64,
@@ -110,10 +107,10 @@ impl std::fmt::Debug for XsClient {
     }
 }
 
-/// Opens both connections. A connect refused with `EAGAIN` (the server's
+/// Opens the connection. A connect refused with `EAGAIN` (the server's
 /// listen backlog is full: seen with oxenstored when a few clients connect
 /// at the same moment) is retried with a short backoff until `timeout`.
-async fn open(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
+async fn open(path: &Path, timeout: Duration) -> Result<XsConn, XsError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut backoff = Duration::from_millis(2);
     loop {
@@ -130,17 +127,16 @@ async fn open(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsErr
     }
 }
 
-/// Opens both connections and checks that the server answers on its own
-/// (a server may accept a connection only to refuse it: an error message
+/// Opens the connection and checks that the server answers on it (a
+/// server may accept a connection only to refuse it: an error message
 /// with request id 0, then close; that becomes a connect error naming the
 /// errno).
-async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), XsError> {
+async fn open_once(path: &Path, timeout: Duration) -> Result<XsConn, XsError> {
     let connect_err = |source| XsError::Connect {
         path: path.to_path_buf(),
         source,
     };
-    let raw = XsConn::connect(path, None).await.map_err(connect_err)?;
-    let xs = match tokio::time::timeout(timeout, XsTokio::new()).await {
+    let raw = match tokio::time::timeout(timeout, XsConn::connect(path, None)).await {
         Ok(r) => r.map_err(connect_err)?,
         Err(_) => return Err(connect_err(std::io::ErrorKind::TimedOut.into())),
     };
@@ -148,7 +144,7 @@ async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), 
     let probe =
         XsMsg::with_strings(XsType::GetDomainPath, 0, 0, &[b"0"], true).expect("a small request");
     match tokio::time::timeout(timeout, raw.request(probe)).await {
-        Ok(Ok(_)) => Ok((xs, raw)),
+        Ok(Ok(_)) => Ok(raw),
         Ok(Err(e)) => {
             // The refusal, if any, is read before the end of the stream.
             let _ = tokio::time::timeout(timeout, raw.closed()).await;
@@ -165,24 +161,17 @@ async fn open_once(path: &Path, timeout: Duration) -> Result<(XsTokio, XsConn), 
     }
 }
 
-/// Maps an error from xenstore-rs: its server errors read "XS interface
-/// error ENAME".
-fn map_rs(op: &'static str, path: &str, e: std::io::Error) -> XsError {
-    let text = e.to_string();
-    if let Some(name) = text.strip_prefix("XS interface error ") {
-        if let Some(errno) = XsErrno::from_name(name.trim()) {
-            return XsError::Server {
-                op,
-                path: path.to_string(),
-                errno,
-            };
-        }
+/// A value or name the server sent, as text (a trailing NUL dropped); text
+/// that is not UTF-8 is an error naming the request.
+fn text(op: &'static str, path: &str, mut bytes: Vec<u8>) -> Result<String, XsError> {
+    if bytes.last() == Some(&0) {
+        bytes.pop();
     }
-    XsError::Io {
+    String::from_utf8(bytes).map_err(|e| XsError::Invalid {
         op,
         path: path.to_string(),
-        source: e,
-    }
+        why: format!("server sent text that is not UTF-8: {e}"),
+    })
 }
 
 /// Whether an error means the connection (not the request) failed.
@@ -191,18 +180,20 @@ fn connection_failed(e: &XsError) -> bool {
 }
 
 impl XsClient {
-    /// Connects to the XenStore at `$XENSTORED_PATH` (default
-    /// `/run/xenstored/socket`) with default options.
-    pub async fn connect() -> Result<XsClient, XsError> {
-        XsClient::connect_with(ClientOptions::default()).await
+    /// Connects to the xenstored socket at `path` with default options
+    /// (dom0's is [`DEFAULT_XENSTORED_PATH`]; a simulated domain's is
+    /// `SimDomain::xenstore_path`). Reconnects go to the same path.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<XsClient, XsError> {
+        XsClient::connect_with(path, ClientOptions::default()).await
     }
 
-    /// Connects with `opts`.
-    pub async fn connect_with(opts: ClientOptions) -> Result<XsClient, XsError> {
-        let path = std::env::var_os(ENV_XENSTORED_PATH)
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_XENSTORED_PATH));
-        let (xs, raw) = open(&path, opts.timeout).await?;
+    /// Connects to `path` with `opts`.
+    pub async fn connect_with(
+        path: impl AsRef<Path>,
+        opts: ClientOptions,
+    ) -> Result<XsClient, XsError> {
+        let path = path.as_ref().to_path_buf();
+        let raw = open(&path, opts.timeout).await?;
         let raw = Arc::new(raw);
         let (reconnected, _) = tokio::sync::watch::channel(0);
         let (suspect, _) = tokio::sync::watch::channel(u64::MAX);
@@ -211,7 +202,6 @@ impl XsClient {
             txn_slots: Arc::new(tokio::sync::Semaphore::new(opts.max_transactions.max(1))),
             opts,
             conn: Mutex::new(Conn {
-                xs,
                 raw: raw.clone(),
                 generation: 0,
             }),
@@ -278,9 +268,8 @@ impl XsClient {
                         || self.conn().raw.is_closed()
                         || self.conn().generation != generation;
                     if !dead {
-                        // Our own connection lives, so xenstore-rs's (or a
-                        // server that stopped answering) is the suspect:
-                        // replace both.
+                        // The connection lives but the server stopped
+                        // answering: replace it.
                         tracing::debug!(op, path, error = %e, "xenstore call failed; reconnecting");
                         self.inner.suspect.send_replace(generation);
                     }
@@ -299,13 +288,9 @@ impl XsClient {
     /// Reads a node's value.
     pub async fn read(&self, path: &str) -> Result<String, XsError> {
         check_path("read", path)?;
-        self.call("read", path, |c| async move {
-            c.xs.read(path)
-                .await
-                .map(String::from)
-                .map_err(|e| map_rs("read", path, e))
-        })
-        .await
+        let m = Self::build("read", path, XsType::Read, 0, &[path.as_bytes()], true)?;
+        let reply = self.raw("read", path, m).await?;
+        text("read", path, reply.payload)
     }
 
     /// Reads a node's value; `None` if it does not exist.
@@ -317,37 +302,45 @@ impl XsClient {
     pub async fn write(&self, path: &str, value: &str) -> Result<(), XsError> {
         check_path("write", path)?;
         check_payload("write", path, path.len() + 1 + value.len())?;
-        self.call("write", path, |c| async move {
-            c.xs.write(path, value)
-                .await
-                .map_err(|e| map_rs("write", path, e))
-        })
-        .await
+        let m = Self::build(
+            "write",
+            path,
+            XsType::Write,
+            0,
+            &[path.as_bytes(), value.as_bytes()],
+            false,
+        )?;
+        self.raw("write", path, m).await.map(|_| ())
     }
 
     /// Lists a node's children.
     pub async fn directory(&self, path: &str) -> Result<Vec<String>, XsError> {
         check_path("directory", path)?;
-        self.call("directory", path, |c| async move {
-            c.xs.directory(path)
-                .await
-                .map(|v| v.into_iter().map(String::from).collect())
-                .map_err(|e| map_rs("directory", path, e))
-        })
-        .await
+        let m = Self::build(
+            "directory",
+            path,
+            XsType::Directory,
+            0,
+            &[path.as_bytes()],
+            true,
+        )?;
+        let reply = self.raw("directory", path, m).await?;
+        reply
+            .parts()
+            .into_iter()
+            .map(|p| text("directory", path, p.to_vec()))
+            .collect()
     }
 
     /// Removes a node and everything below it.
     pub async fn rm(&self, path: &str) -> Result<(), XsError> {
         check_path("rm", path)?;
-        self.call("rm", path, |c| async move {
-            c.xs.rm(path).await.map_err(|e| map_rs("rm", path, e))
-        })
-        .await
+        let m = Self::build("rm", path, XsType::Rm, 0, &[path.as_bytes()], true)?;
+        self.raw("rm", path, m).await.map(|_| ())
     }
 
-    /// Sends a request over the project's own connection; an error reply
-    /// becomes [`XsError::Server`].
+    /// Sends a request; an error reply becomes [`XsError::Server`], a
+    /// reply of another type than the request's [`XsError::Invalid`].
     pub(super) async fn raw(
         &self,
         op: &'static str,
@@ -357,6 +350,7 @@ impl XsClient {
         self.call(op, path, |c| {
             let msg = msg.clone();
             async move {
+                let ty = msg.ty;
                 let reply = c.raw.request(msg).await.map_err(|source| XsError::Io {
                     op,
                     path: path.to_string(),
@@ -367,6 +361,14 @@ impl XsClient {
                         op,
                         path: path.to_string(),
                         errno,
+                    }),
+                    None if reply.ty != ty => Err(XsError::Invalid {
+                        op,
+                        path: path.to_string(),
+                        why: format!(
+                            "server answered a request of type {ty} with type {}",
+                            reply.ty
+                        ),
                     }),
                     None => Ok(reply),
                 }
@@ -623,8 +625,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// pause.
 const RECONNECT_STABLE: Duration = Duration::from_secs(2);
 
-/// Reconnects when our own connection dies or a call finds xenstore-rs's
-/// dead, and sets the watches again.
+/// Reconnects when the connection dies or a call gets no answer on it, and
+/// sets the watches again.
 async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
     let mut generation = 0;
     // Kept across reconnects: a server that accepts and then closes (or
@@ -658,7 +660,7 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
                 "xenstore connection lost; reconnecting"
             ),
         }
-        let (xs, new_raw) = loop {
+        let new_raw = loop {
             if backoff > RECONNECT_MIN {
                 tokio::time::sleep(backoff).await;
             }
@@ -667,7 +669,7 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
                 return;
             };
             match open(&path, timeout).await {
-                Ok(pair) => break pair,
+                Ok(conn) => break conn,
                 Err(e) => tracing::debug!(error = %e, "xenstore reconnect failed"),
             }
         };
@@ -679,7 +681,6 @@ async fn supervise(inner: Weak<Inner>, mut raw: Arc<XsConn>) {
         generation = {
             let mut c = inner_arc.conn.lock().expect("conn lock");
             c.generation += 1;
-            c.xs = xs;
             c.raw = raw.clone();
             c.generation
         };

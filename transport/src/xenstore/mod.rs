@@ -1,8 +1,9 @@
 //! XenStore: the xs_wire codec shared by server and client.
 //!
 //! * [`codec`]: messages, framing, payload conventions, the 4096-byte limit.
-//! * [`XsClient`]: the hardened client (xenstore-rs underneath, plus the
-//!   project's own connection [`conn::XsConn`] for what xenstore-rs lacks).
+//! * [`XsClient`]: the hardened client, on an explicit socket path, over
+//!   the project's own connection [`conn::XsConn`]; it implements
+//!   xenstore-rs's `AsyncXs` and `AsyncWatch` traits.
 //! * [`store`]: the embedded xenstored's store, sans-IO ([`Store`]).
 //! * [`server`]: the embedded xenstored, one Unix socket per domain
 //!   ([`Xenstored`]).
@@ -15,6 +16,7 @@ pub mod conn;
 mod error;
 mod outq;
 mod perm;
+mod rs_traits;
 pub mod server;
 pub mod store;
 mod txn;

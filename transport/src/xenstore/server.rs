@@ -1,8 +1,8 @@
 //! The embedded xenstored: the sans-IO [`Store`] served over Unix sockets,
 //! one socket per domain (`<dir>/<domid>.sock`), so that the socket a client
 //! connects to says which domain it speaks for; dom0's is privileged.
-//! Clients such as Debian's `xenstore-*` tools and xenstore-rs connect
-//! through `XENSTORED_PATH`.
+//! [`XsClient`](super::XsClient) connects to the path it is given; Debian's
+//! `xenstore-*` tools find it in `XENSTORED_PATH`.
 //!
 //! ```text
 //!   socket <dir>/1.sock --accept--> connection (domid 1)

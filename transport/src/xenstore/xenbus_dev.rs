@@ -2,13 +2,14 @@
 //!
 //! In dom0 xenstored listens on a Unix socket; a guest reaches XenStore
 //! only through the kernel's `/dev/xen/xenbus` character device (each open
-//! is one connection: its own watches and transactions). xenstore-rs 0.8
-//! and the project's [`XsConn`](super::conn::XsConn) both speak xs_wire
-//! over a Unix stream socket only, so a guest process runs a small bridge:
-//! a listening socket in a private directory, and for every connection to
-//! it one fresh open of the device, relayed both ways. Point
-//! `XENSTORED_PATH` at [`XenbusBridge::path`] and every client (including
-//! [`XsClient`](super::XsClient)'s reconnects) works unchanged.
+//! is one connection: its own watches and transactions). The project's
+//! [`XsConn`](super::conn::XsConn) speaks xs_wire over a Unix stream
+//! socket, so a guest process runs a small bridge: a listening socket in a
+//! private directory, and for every connection to it one fresh open of the
+//! device, relayed both ways. Connect to [`XenbusBridge::path`]
+//! (`XsClient::connect(bridge.path())`) and every client, including
+//! [`XsClient`](super::XsClient)'s reconnects, works unchanged; other
+//! programs (Debian's xenstore tools) get it as `XENSTORED_PATH`.
 //!
 //! ```text
 //!   XsClient --unix--> bridge task --write(one message)--> /dev/xen/xenbus
@@ -93,7 +94,8 @@ impl XenbusBridge {
         Ok(XenbusBridge { dir, path, task })
     }
 
-    /// The socket to set as `XENSTORED_PATH`.
+    /// The socket to connect to (and to give other programs as
+    /// `XENSTORED_PATH`).
     pub fn path(&self) -> &Path {
         &self.path
     }
