@@ -172,10 +172,18 @@ async fn session(mut s: Script<'_>) {
     drop(bridge);
 }
 
+/// One runtime for the whole run: building one per input (and its
+/// blocking threads) cost more than the session itself.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(session(Script(data)));
+    runtime().block_on(session(Script(data)));
 });
