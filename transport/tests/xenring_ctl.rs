@@ -60,6 +60,9 @@ fn write_node(e: &Env, path: &str, value: &str) {
     });
 }
 
+/// The key a chan device needs (checked by `add`, served by nobody here).
+const TARGET: &str = "target=tcp:127.0.0.1:7";
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -115,9 +118,22 @@ fn rows(e: &Env) -> Vec<Vec<String>> {
 #[test]
 fn add_list_and_remove_devices() {
     let e = env();
+    let img = tempfile::NamedTempFile::new().unwrap();
+    let image = format!("params={}", img.path().display());
     assert!(rows(&e).is_empty());
     assert_eq!(
-        ok(&e, &["device", "add", "chan", "--frontend", "1"]),
+        ok(
+            &e,
+            &[
+                "device",
+                "add",
+                "chan",
+                "--frontend",
+                "1",
+                "--backend-param",
+                TARGET
+            ]
+        ),
         "added chan/1/0 (backend domain 0)\n"
     );
     assert_eq!(
@@ -130,7 +146,7 @@ fn add_list_and_remove_devices() {
                 "--frontend",
                 "1",
                 "--backend-param",
-                "path=/run/chan.sock",
+                TARGET,
                 "--frontend-param",
                 "name=console",
             ]
@@ -148,18 +164,42 @@ fn add_list_and_remove_devices() {
                 "--frontend",
                 "2",
                 "--devid",
-                "51712"
+                "51712",
+                "--backend-param",
+                &image,
             ]
         ),
         "added vbd/2/51712 (backend domain 0)\n"
     );
     let err = fails(
         &e,
-        &["device", "add", "chan", "--frontend", "1", "--devid", "1"],
+        &[
+            "device",
+            "add",
+            "chan",
+            "--frontend",
+            "1",
+            "--devid",
+            "1",
+            "--backend-param",
+            TARGET,
+        ],
         1,
     );
     assert!(err.contains("device chan/1/1 exists already"), "{err}");
-    let err = fails(&e, &["device", "add", "chan", "--frontend", "7"], 1);
+    let err = fails(
+        &e,
+        &[
+            "device",
+            "add",
+            "chan",
+            "--frontend",
+            "7",
+            "--backend-param",
+            TARGET,
+        ],
+        1,
+    );
     assert!(err.contains("domain 7 is not running"), "{err}");
     let err = fails(
         &e,
@@ -169,6 +209,8 @@ fn add_list_and_remove_devices() {
             "chan",
             "--frontend",
             "1",
+            "--backend-param",
+            TARGET,
             "--backend-param",
             "state=4",
         ],
@@ -228,7 +270,18 @@ fn add_list_and_remove_devices() {
     assert!(err.contains("no device chan/1/0"), "{err}");
     // The freed number is the lowest free one again.
     assert_eq!(
-        ok(&e, &["device", "add", "chan", "--frontend", "1"]),
+        ok(
+            &e,
+            &[
+                "device",
+                "add",
+                "chan",
+                "--frontend",
+                "1",
+                "--backend-param",
+                TARGET
+            ]
+        ),
         "added chan/1/0 (backend domain 0)\n"
     );
 }
@@ -304,4 +357,213 @@ fn no_xenstore_says_so() {
     );
     let out = ctl_at(&stale, &["--platform", "xen", "device", "list"]);
     assert!(text(&out.stderr).contains("is xenstored running"));
+}
+
+/// The devices in XenStore (their names only).
+fn listed(e: &Env) -> Vec<String> {
+    rows(e).into_iter().map(|r| r[0].clone()).collect()
+}
+
+#[test]
+fn add_checks_the_kind_and_its_keys_before_writing() {
+    let e = env();
+    let err = fails(&e, &["device", "add", "echo", "--frontend", "1"], 1);
+    assert!(
+        err.contains("unknown kind \"echo\"") && err.contains("--custom"),
+        "{err}"
+    );
+    let err = fails(&e, &["device", "add", "chan", "--frontend", "1"], 1);
+    assert!(err.contains("needs --backend-param target="), "{err}");
+    let err = fails(
+        &e,
+        &[
+            "device",
+            "add",
+            "chan",
+            "--frontend",
+            "1",
+            "--backend-param",
+            "target=tcp:x:0",
+        ],
+        1,
+    );
+    assert!(err.contains("port \"0\""), "{err}");
+    let err = fails(&e, &["device", "add", "vbd", "--frontend", "1"], 1);
+    assert!(err.contains("needs --backend-param params=PATH"), "{err}");
+    let err = fails(
+        &e,
+        &[
+            "device",
+            "add",
+            "vbd",
+            "--frontend",
+            "1",
+            "--backend-param",
+            "params=/nonexistent.img",
+        ],
+        1,
+    );
+    assert!(
+        err.contains("cannot use the image /nonexistent.img") && err.contains("No such file"),
+        "{err}"
+    );
+    let err = fails(
+        &e,
+        &[
+            "device",
+            "add",
+            "vif",
+            "--frontend",
+            "1",
+            "--backend-param",
+            "mtu=9",
+        ],
+        1,
+    );
+    assert!(err.contains("--backend-param mtu"), "{err}");
+    assert!(listed(&e).is_empty(), "nothing written for a refused add");
+    // A kind served by one's own daemon.
+    assert_eq!(
+        ok(
+            &e,
+            &["device", "add", "echo", "--frontend", "1", "--custom"]
+        ),
+        "added echo/1/0 (backend domain 0)\n"
+    );
+    assert_eq!(listed(&e), ["echo/1/0"]);
+}
+
+/// Starts `xenring-ctl ARGS` in the background.
+fn spawn(e: &Env, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_xenring-ctl"))
+        .args(args)
+        .env(ENV_XENSTORED_PATH, &e.dom0)
+        .env_remove("XENRING_SIM_SOCKET")
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `device` is listed.
+fn until_listed(e: &Env, device: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !listed(e).iter().any(|d| d == device) {
+        assert!(std::time::Instant::now() < deadline, "{device} never added");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn add_wait_reports_connected_failed_or_timed_out() {
+    let e = env();
+    fn add(fe: &str) -> Vec<&str> {
+        vec![
+            "device",
+            "add",
+            "echo",
+            "--custom",
+            "--frontend",
+            fe,
+            "--wait",
+            "--timeout",
+            "20",
+        ]
+    }
+
+    // Both ends come up: exit 0.
+    let child = spawn(&e, &add("1"));
+    until_listed(&e, "echo/1/0");
+    write_node(&e, "/local/domain/0/backend/echo/1/0/state", "4");
+    write_node(&e, "/local/domain/1/device/echo/0/state", "4");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "added echo/1/0 (backend domain 0)\nconnected echo/1/0\n"
+    );
+
+    // An end writes an error node: exit 1 with the whole message.
+    let child = spawn(&e, &add("2"));
+    until_listed(&e, "echo/2/0");
+    let long = format!("cannot map the ring: {}", "detail ".repeat(20));
+    write_node(&e, "/local/domain/2/error/device/echo/0/error", &long);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("echo/2/0 failed") && err.contains(&format!("frontend error:  {long}")),
+        "{err}"
+    );
+
+    // Nobody serves it: exit 1 at the timeout, with both states.
+    let out = ctl_at(
+        &e.dom0,
+        &[
+            "device",
+            "add",
+            "echo",
+            "--custom",
+            "--frontend",
+            "1",
+            "--wait",
+            "--timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("echo/1/1 not connected within 0.3 s")
+            && err.contains("backend state:  Initialising (1)")
+            && err.contains("frontend state: Initialising (1)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn list_and_show_in_text_and_json() {
+    let e = env();
+    ok(
+        &e,
+        &[
+            "device",
+            "add",
+            "chan",
+            "--frontend",
+            "1",
+            "--backend-param",
+            TARGET,
+        ],
+    );
+    write_node(
+        &e,
+        "/local/domain/0/error/backend/chan/1/0/error",
+        "bad \"target\"\n",
+    );
+    let json = ok(&e, &["device", "list", "--json"]);
+    assert_eq!(
+        json.trim_end(),
+        r#"[{"device":"chan/1/0","kind":"chan","frontend":1,"backend":0,"devid":0,"backend_state":{"state":1,"name":"Initialising"},"frontend_state":{"state":1,"name":"Initialising"},"online":true,"backend_error":"bad \"target\"\n","frontend_error":null,"connected":false}]"#
+    );
+    let shown = ok(&e, &["device", "show", "chan/1/0"]);
+    for want in [
+        "device:         chan/1/0 (backend domain 0)",
+        "backend state:  Initialising (1)",
+        "backend error:  bad \"target\"",
+        "backend dir: /local/domain/0/backend/chan/1/0",
+        "  target = \"tcp:127.0.0.1:7\"",
+        "frontend dir: /local/domain/1/device/chan/0",
+        "  backend-id = \"0\"",
+    ] {
+        assert!(shown.contains(want), "{want:?} in\n{shown}");
+    }
+    let json = ok(&e, &["device", "show", "chan/1/0", "--json"]);
+    assert!(
+        json.contains(r#""backend_keys":{"frontend":"/local/domain/1/device/chan/0","frontend-id":"1","online":"1","state":"1","target":"tcp:127.0.0.1:7"}"#),
+        "{json}"
+    );
+    let err = fails(&e, &["device", "show", "chan/1/9"], 1);
+    assert!(err.contains("no device chan/1/9"), "{err}");
 }

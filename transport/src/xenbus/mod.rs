@@ -114,8 +114,8 @@ pub use state::{
     StateWatch, ERROR_MAX,
 };
 pub use toolstack::{
-    create_device, find_device, free_devid, list_devices, remove_device, DeviceSpec, DeviceStatus,
-    NodeState, RemoveOptions,
+    create_device, device_keys, device_status, find_device, free_devid, list_devices,
+    remove_device, wait_connected, DeviceSpec, DeviceStatus, NodeState, RemoveOptions, WaitOutcome,
 };
 
 /// A XenStore error outside a named helper (the inner error names the

@@ -484,31 +484,134 @@ pub async fn list_devices(xs: &XsClient) -> Result<Vec<DeviceStatus>, XenbusErro
     }
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let be_dir = id.backend_dir();
-        let backend_state = node_state(xs, &be_dir).await?;
-        let online = match backend_state {
-            NodeState::Absent => None,
-            _ => match read_opt(xs, &format!("{be_dir}/online")).await?.as_deref() {
-                Some("1") => Some(true),
-                Some("0") => Some(false),
-                _ => None,
-            },
-        };
-        let frontend_state = node_state(xs, &id.frontend_dir()).await?;
-        let error = |side| {
-            let path = id.error_path(side);
-            async move { read_opt(xs, &path).await }
-        };
-        out.push(DeviceStatus {
-            backend_error: error(Side::Backend).await?,
-            frontend_error: error(Side::Frontend).await?,
-            id,
-            backend_state,
-            frontend_state,
-            online,
-        });
+        out.push(device_status(xs, id).await?);
     }
     Ok(out)
+}
+
+/// One device's states, `online` and error messages, as [`list_devices`]
+/// shows them. Cancellation safe (it only reads).
+pub async fn device_status(xs: &XsClient, id: DeviceId) -> Result<DeviceStatus, XenbusError> {
+    let be_dir = id.backend_dir();
+    let backend_state = node_state(xs, &be_dir).await?;
+    let online = match backend_state {
+        NodeState::Absent => None,
+        _ => match read_opt(xs, &format!("{be_dir}/online")).await?.as_deref() {
+            Some("1") => Some(true),
+            Some("0") => Some(false),
+            _ => None,
+        },
+    };
+    let frontend_state = node_state(xs, &id.frontend_dir()).await?;
+    let error = |side| {
+        let path = id.error_path(side);
+        async move { read_opt(xs, &path).await }
+    };
+    Ok(DeviceStatus {
+        backend_error: error(Side::Backend).await?,
+        frontend_error: error(Side::Frontend).await?,
+        id,
+        backend_state,
+        frontend_state,
+        online,
+    })
+}
+
+/// The keys directly in a device directory and their values (sorted;
+/// empty if the directory does not exist). Cancellation safe.
+pub async fn device_keys(xs: &XsClient, dir: &str) -> Result<Vec<(String, String)>, XenbusError> {
+    let mut out = Vec::new();
+    for k in kids(xs, dir).await? {
+        if let Some(v) = read_opt(xs, &format!("{dir}/{k}")).await? {
+            out.push((k, v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Why [`wait_connected`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Both ends are Connected.
+    Connected(DeviceStatus),
+    /// An end wrote an error node, or closed, or the device was removed:
+    /// the status says which.
+    Failed(DeviceStatus),
+    /// Neither within the time given.
+    TimedOut(DeviceStatus),
+}
+
+impl DeviceStatus {
+    /// Both ends are Connected.
+    pub fn is_connected(&self) -> bool {
+        self.backend_state == NodeState::State(XenbusState::Connected)
+            && self.frontend_state == NodeState::State(XenbusState::Connected)
+    }
+
+    /// The device cannot connect without help: an end wrote an error node,
+    /// an end is Closing or Closed, a state node holds garbage, or both
+    /// directories are gone.
+    pub fn has_failed(&self) -> bool {
+        let ended = |s: &NodeState| {
+            matches!(
+                s,
+                NodeState::State(XenbusState::Closing | XenbusState::Closed) | NodeState::Bad(_)
+            )
+        };
+        self.backend_error.is_some()
+            || self.frontend_error.is_some()
+            || ended(&self.backend_state)
+            || ended(&self.frontend_state)
+            || (self.backend_state == NodeState::Absent && self.frontend_state == NodeState::Absent)
+    }
+}
+
+/// Waits until both ends of `id` are Connected, or it has failed (see
+/// [`DeviceStatus::has_failed`]), or `timeout` passed; what `xl` does
+/// after adding a device. Set up with watches on both directories and
+/// both error nodes, so nothing is polled. Cancellation safe.
+pub async fn wait_connected(
+    xs: &XsClient,
+    id: &DeviceId,
+    timeout: Duration,
+) -> Result<WaitOutcome, XenbusError> {
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = futures::stream::SelectAll::new();
+    for path in [
+        id.backend_dir(),
+        id.frontend_dir(),
+        id.error_path(Side::Backend),
+        id.error_path(Side::Frontend),
+    ] {
+        let w = xs
+            .watch(&path)
+            .await
+            .map_err(XenbusError::xs("watch", &path))?;
+        events.push(w);
+    }
+    loop {
+        let status = device_status(xs, id.clone()).await?;
+        if status.is_connected() {
+            return Ok(WaitOutcome::Connected(status));
+        }
+        if status.has_failed() {
+            return Ok(WaitOutcome::Failed(status));
+        }
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let path = id.backend_dir();
+                return Err(XenbusError::xs("watch", &path)(XsError::Io {
+                    op: "watch",
+                    path: path.clone(),
+                    source: std::io::ErrorKind::ConnectionAborted.into(),
+                }));
+            }
+            Err(_) => return Ok(WaitOutcome::TimedOut(device_status(xs, id.clone()).await?)),
+        }
+    }
 }
 
 /// The lowest device number of `kind` for frontend `fe` that neither the

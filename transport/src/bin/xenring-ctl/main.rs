@@ -3,9 +3,17 @@
 //! ```text
 //! xenring-ctl device add <KIND> --frontend N [--backend 0] [--devid N]
 //!                        [--backend-param K=V]... [--frontend-param K=V]...
+//!                        [--custom] [--wait [--timeout SECS]]
 //! xenring-ctl device remove <KIND>/<FRONTEND>/<DEVID> [--backend N] [--timeout SECS] [--force]
-//! xenring-ctl device list
+//! xenring-ctl device list [--json]
+//! xenring-ctl device show <KIND>/<FRONTEND>/<DEVID> [--backend N] [--json]
 //! ```
+//!
+//! `add` checks what it can before writing anything: the kind (one of the
+//! bundled daemons', unless `--custom`) and the keys their devices need
+//! (`check.rs`). With `--wait` it waits, as `xl` does, until both ends are
+//! Connected, and fails (exit 1) with the error nodes in full if an end
+//! fails or closes, or with both states at the timeout.
 //!
 //! XenStore is `--xenstore PATH`, else `$XENSTORED_PATH`; else, with
 //! `--platform sim` (the default), dom0's socket of the simulated host at
@@ -22,9 +30,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xenring::sim::{default_socket_path, SimAdmin, ENV_SOCKET};
 use xenring::xenbus::{
-    create_device, find_device, free_devid, list_devices, remove_device, DeviceId, DeviceSpec,
-    DeviceStatus, RemoveOptions, XenbusError,
+    create_device, device_keys, device_status, find_device, free_devid, list_devices,
+    remove_device, wait_connected, DeviceId, DeviceSpec, DeviceStatus, NodeState, RemoveOptions,
+    WaitOutcome, XenbusError,
 };
+
+mod check;
+mod json;
+
+use json::Json;
 use xenring::xenstore::{XsClient, XsError, DEFAULT_XENSTORED_PATH, ENV_XENSTORED_PATH};
 
 #[derive(Parser, Debug)]
@@ -87,6 +101,17 @@ enum DeviceCmd {
         /// An extra key for the frontend directory (repeatable).
         #[arg(long = "frontend-param", value_name = "KEY=VALUE", value_parser = key_value)]
         frontend_params: Vec<(String, String)>,
+        /// The kind is served by your own daemon: skip the checks of the
+        /// built-in kinds' keys.
+        #[arg(long)]
+        custom: bool,
+        /// Wait until both ends are Connected; fail with the error nodes
+        /// if an end fails or closes first.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds --wait waits.
+        #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = seconds, requires = "wait")]
+        timeout: f64,
     },
     /// Remove a device: ask the backend to close, wait until it is Closed,
     /// remove both directories (--force: remove at once).
@@ -105,7 +130,24 @@ enum DeviceCmd {
         force: bool,
     },
     /// List every device with both states, online and errors.
-    List,
+    List {
+        /// One JSON object per device, in a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device: both states, online, both error messages in full, and
+    /// every key of both directories.
+    Show {
+        /// The device, as KIND/FRONTEND/DEVID (e.g. vbd/1/0).
+        #[arg(value_parser = device_id)]
+        device: DeviceId,
+        /// The backend domain (default: what the frontend dir names).
+        #[arg(long)]
+        backend: Option<u16>,
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -211,7 +253,20 @@ fn run(cli: Cli) -> Result<()> {
                 devid,
                 backend_params,
                 frontend_params,
+                custom,
+                wait,
+                timeout,
             } => {
+                // The kind's spelling first (its error names the character).
+                DeviceId::new(&kind, frontend, backend, devid.unwrap_or(0))?;
+                check::check(&check::Planned {
+                    kind: &kind,
+                    backend_params: &backend_params,
+                    frontend_params: &frontend_params,
+                    custom,
+                    backend_local: cli.platform == Platform::Sim || backend == 0,
+                })
+                .map_err(|e| anyhow!("not added: {e}"))?;
                 let id = add(
                     &xs,
                     &kind,
@@ -221,6 +276,16 @@ fn run(cli: Cli) -> Result<()> {
                 )
                 .await?;
                 println!("added {id} (backend domain {})", id.backend);
+                if wait {
+                    let limit = Duration::from_secs_f64(timeout);
+                    match wait_connected(&xs, &id, limit).await? {
+                        WaitOutcome::Connected(_) => println!("connected {id}"),
+                        WaitOutcome::Failed(st) => bail!("{id} failed:\n{}", explain(&st)),
+                        WaitOutcome::TimedOut(st) => {
+                            bail!("{id} not connected within {timeout} s:\n{}", explain(&st))
+                        }
+                    }
+                }
             }
             DeviceCmd::Remove {
                 device,
@@ -244,7 +309,58 @@ fn run(cli: Cli) -> Result<()> {
                 remove_device(&xs, &id, opts).await?;
                 println!("removed {id}");
             }
-            DeviceCmd::List => print!("{}", table(&list_devices(&xs).await?)),
+            DeviceCmd::List { json } => {
+                let all = list_devices(&xs).await?;
+                if json {
+                    println!(
+                        "{}",
+                        Json::List(all.iter().map(status_json).collect()).render()
+                    );
+                } else {
+                    print!("{}", table(&all));
+                }
+            }
+            DeviceCmd::Show {
+                device,
+                backend,
+                json,
+            } => {
+                let id = match backend {
+                    Some(be) => DeviceId {
+                        backend: be,
+                        ..device
+                    },
+                    None => find_device(&xs, &device.kind, device.frontend, device.devid)
+                        .await?
+                        .ok_or_else(|| anyhow!("no device {device} in XenStore"))?,
+                };
+                let st = device_status(&xs, id.clone()).await?;
+                let be_keys = device_keys(&xs, &id.backend_dir()).await?;
+                let fe_keys = device_keys(&xs, &id.frontend_dir()).await?;
+                if json {
+                    let keys = |v: Vec<(String, String)>| {
+                        Json::Map(v.into_iter().map(|(k, v)| (k, Json::Str(v))).collect())
+                    };
+                    let mut o = status_fields(&st);
+                    o.push(("backend_dir", Json::str(id.backend_dir())));
+                    o.push(("frontend_dir", Json::str(id.frontend_dir())));
+                    o.push(("backend_keys", keys(be_keys)));
+                    o.push(("frontend_keys", keys(fe_keys)));
+                    println!("{}", Json::Obj(o).render());
+                } else {
+                    println!("device:         {id} (backend domain {})", id.backend);
+                    print!("{}", explain(&st));
+                    for (side, dir, keys) in [
+                        ("backend", id.backend_dir(), be_keys),
+                        ("frontend", id.frontend_dir(), fe_keys),
+                    ] {
+                        println!("{side} dir: {dir}");
+                        for (k, v) in keys {
+                            println!("  {k} = {v:?}");
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     })
@@ -277,6 +393,58 @@ async fn add(
             Err(e) => return Err(e).context(format!("cannot add {id}")),
         }
     }
+}
+
+/// A state as JSON: its number and name, or null when the side's
+/// directory is absent, or the text found when it is not a state.
+fn state_json(s: &NodeState) -> Json {
+    match s {
+        NodeState::Absent => Json::Null,
+        NodeState::State(x) => Json::Obj(vec![
+            ("state", Json::Num(u64::from(x.raw()))),
+            ("name", Json::str(x.name())),
+        ]),
+        NodeState::Bad(v) => Json::Obj(vec![("bad", Json::str(v.as_str()))]),
+    }
+}
+
+/// One device's status as a JSON object.
+fn status_json(d: &DeviceStatus) -> Json {
+    Json::Obj(status_fields(d))
+}
+
+/// The fields of [`status_json`].
+fn status_fields(d: &DeviceStatus) -> Vec<(&'static str, Json)> {
+    vec![
+        ("device", Json::str(d.id.to_string())),
+        ("kind", Json::str(d.id.kind.as_str())),
+        ("frontend", Json::Num(u64::from(d.id.frontend))),
+        ("backend", Json::Num(u64::from(d.id.backend))),
+        ("devid", Json::Num(u64::from(d.id.devid))),
+        ("backend_state", state_json(&d.backend_state)),
+        ("frontend_state", state_json(&d.frontend_state)),
+        ("online", d.online.map_or(Json::Null, Json::Bool)),
+        ("backend_error", Json::opt_str(d.backend_error.as_deref())),
+        ("frontend_error", Json::opt_str(d.frontend_error.as_deref())),
+        ("connected", Json::Bool(d.is_connected())),
+    ]
+}
+
+/// Both states and both error messages in full, a line each.
+fn explain(d: &DeviceStatus) -> String {
+    let mut out = format!(
+        "backend state:  {}\nfrontend state: {}\n",
+        d.backend_state, d.frontend_state
+    );
+    for (side, e) in [
+        ("backend", &d.backend_error),
+        ("frontend", &d.frontend_error),
+    ] {
+        if let Some(e) = e {
+            out.push_str(&format!("{side} error:  {e}\n"));
+        }
+    }
+    out
 }
 
 /// At most 60 characters of an error message, on one line.
