@@ -32,6 +32,7 @@ mod tests {
     struct Mem {
         data: Mutex<Vec<u8>>,
         readonly: bool,
+        flush: bool,
     }
 
     impl Export for Mem {
@@ -40,7 +41,7 @@ mod tests {
                 Ok(ExportInfo {
                     size: self.data.lock().unwrap().len() as u64,
                     readonly: self.readonly,
-                    flush: true,
+                    flush: self.flush,
                     trim: true,
                 })
             })
@@ -78,6 +79,7 @@ mod tests {
         let export: Arc<dyn Export> = Arc::new(Mem {
             data: Mutex::new(vec![0u8; 1 << 20]),
             readonly,
+            flush: true,
         });
         let server = tokio::spawn(serve(a, export));
         (NbdClient::handshake(b).await.unwrap(), server)
@@ -248,6 +250,7 @@ mod tests {
             let export: Arc<dyn Export> = Arc::new(Mem {
                 data: Mutex::new(vec![0u8; 8192]),
                 readonly: false,
+                flush: true,
             });
             let server = tokio::spawn(serve(a, export));
             assert_eq!(c.read_u64().await.unwrap(), NBDMAGIC);
@@ -312,6 +315,7 @@ mod tests {
         let export: Arc<dyn Export> = Arc::new(Mem {
             data: Mutex::new(vec![0u8; 512]),
             readonly: false,
+            flush: true,
         });
         let server = tokio::spawn(serve(a, export));
         let mut hello = [0u8; 18];
@@ -320,6 +324,174 @@ mod tests {
         option(&mut c, OPT_ABORT, &[]).await;
         assert_eq!(reply(&mut c).await, (OPT_ABORT, REP_ACK, vec![]));
         server.await.unwrap().unwrap();
+    }
+
+    /// Connects raw to an export of 64 KiB (flush offered or not) and
+    /// negotiates with `NBD_OPT_GO` for the default export.
+    async fn raw_transmission(flush: bool) -> tokio::io::DuplexStream {
+        use tokio::io::AsyncReadExt;
+        let (a, mut c) = tokio::io::duplex(1 << 20);
+        let export: Arc<dyn Export> = Arc::new(Mem {
+            data: Mutex::new(vec![0u8; 65536]),
+            readonly: false,
+            flush,
+        });
+        tokio::spawn(serve(a, export));
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        c.write_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .await
+            .unwrap();
+        option(&mut c, OPT_GO, &[0, 0, 0, 0, 0, 0]).await;
+        loop {
+            let (_, k, _) = reply(&mut c).await;
+            if k == REP_ACK {
+                break;
+            }
+            assert_eq!(k, REP_INFO);
+        }
+        c
+    }
+
+    /// Sends one request (and `payload`), reads its simple reply's error
+    /// (and `data` bytes when it succeeded).
+    async fn raw_request(
+        c: &mut tokio::io::DuplexStream,
+        kind: u16,
+        flags: u16,
+        length: u32,
+        payload: &[u8],
+        data: usize,
+    ) -> u32 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let r = Request {
+            flags,
+            kind,
+            handle: 0x1234,
+            offset: 0,
+            length,
+        };
+        c.write_all(&r.encode()).await.unwrap();
+        c.write_all(payload).await.unwrap();
+        let mut head = [0u8; 16];
+        c.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[..4], SIMPLE_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(head[8..], 0x1234u64.to_be_bytes());
+        let err = u32::from_be_bytes(head[4..8].try_into().unwrap());
+        if err == 0 {
+            let mut d = vec![0u8; data];
+            c.read_exact(&mut d).await.unwrap();
+        }
+        err
+    }
+
+    /// Command flags not defined for a command, or not advertised, get
+    /// EINVAL and touch nothing; the connection goes on (a write's payload
+    /// is still consumed). FUA is valid on every command once advertised.
+    #[tokio::test]
+    async fn unknown_or_inapplicable_command_flags_get_einval() {
+        let mut c = raw_transmission(true).await;
+        // FUA is advertised (flush is offered): fine on any command.
+        assert_eq!(
+            raw_request(&mut c, CMD_READ, CMD_FLAG_FUA, 8, &[], 8).await,
+            0
+        );
+        assert_eq!(
+            raw_request(&mut c, CMD_WRITE, CMD_FLAG_FUA, 4, &[9; 4], 0).await,
+            0
+        );
+        assert_eq!(
+            raw_request(&mut c, CMD_FLUSH, CMD_FLAG_FUA, 0, &[], 0).await,
+            0
+        );
+        for (kind, flags, payload) in [
+            (CMD_READ, CMD_FLAG_NO_HOLE, &[][..]),
+            (CMD_READ, CMD_FLAG_DF, &[]), // DF not advertised (no structured replies)
+            (CMD_READ, CMD_FLAG_FAST_ZERO, &[]),
+            (CMD_READ, 1 << 15, &[]),
+            (CMD_WRITE, CMD_FLAG_NO_HOLE, &[7u8; 4]),
+            (CMD_WRITE, CMD_FLAG_REQ_ONE, &[7u8; 4]),
+            (CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, &[]), // not advertised
+            (CMD_WRITE_ZEROES, CMD_FLAG_DF, &[]),
+            (CMD_TRIM, CMD_FLAG_NO_HOLE, &[]),
+            (CMD_FLUSH, 1 << 9, &[]),
+            (99, 0, &[]), // an unknown command
+        ] {
+            let len = if payload.is_empty() {
+                4
+            } else {
+                payload.len() as u32
+            };
+            assert_eq!(
+                raw_request(&mut c, kind, flags, len, payload, 4).await,
+                EINVAL,
+                "command {kind} with flags {flags:#x}"
+            );
+        }
+        // The writes with bad flags wrote nothing; the good one did.
+        assert_eq!(raw_request(&mut c, CMD_READ, 0, 4, &[], 4).await, 0);
+        let mut c2 = c;
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let r = Request {
+                flags: 0,
+                kind: CMD_READ,
+                handle: 5,
+                offset: 0,
+                length: 4,
+            };
+            c2.write_all(&r.encode()).await.unwrap();
+            let mut head = [0u8; 16];
+            c2.read_exact(&mut head).await.unwrap();
+            let mut d = [0u8; 4];
+            c2.read_exact(&mut d).await.unwrap();
+            assert_eq!(d, [9; 4]);
+        }
+        // Without flush there is no FUA, and no FLUSH command.
+        let mut c = raw_transmission(false).await;
+        assert_eq!(
+            raw_request(&mut c, CMD_READ, CMD_FLAG_FUA, 8, &[], 8).await,
+            EINVAL
+        );
+        assert_eq!(raw_request(&mut c, CMD_FLUSH, 0, 0, &[], 0).await, EINVAL);
+        assert_eq!(raw_request(&mut c, CMD_WRITE, 0, 4, &[1; 4], 0).await, 0);
+    }
+
+    /// A name that is not the export's is refused: `NBD_REP_ERR_UNKNOWN`
+    /// with a message for INFO and GO (the negotiation goes on), a closed
+    /// connection for EXPORT_NAME (it cannot answer an error).
+    #[tokio::test]
+    async fn unknown_export_names_are_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut c) = tokio::io::duplex(1 << 16);
+        let export: Arc<dyn Export> = Arc::new(Mem {
+            data: Mutex::new(vec![0u8; 4096]),
+            readonly: false,
+            flush: true,
+        });
+        let server = tokio::spawn(serve(a, export));
+        let mut hello = [0u8; 18];
+        c.read_exact(&mut hello).await.unwrap();
+        c.write_u32(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .await
+            .unwrap();
+        for opt in [OPT_INFO, OPT_GO] {
+            option(&mut c, opt, &[0, 0, 0, 3, b'f', b'o', b'o', 0, 0]).await;
+            let (o, k, msg) = reply(&mut c).await;
+            assert_eq!((o, k), (opt, REP_ERR_UNKNOWN));
+            assert!(String::from_utf8_lossy(&msg).contains("\"foo\""), "{msg:?}");
+        }
+        // The default export is still there.
+        option(&mut c, OPT_INFO, &[0, 0, 0, 0, 0, 0]).await;
+        assert_eq!(reply(&mut c).await.1, REP_INFO);
+        assert_eq!(reply(&mut c).await.1, REP_ACK);
+        option(&mut c, OPT_EXPORT_NAME, b"foo").await;
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "EXPORT_NAME foo was answered: {rest:?}");
+        let err = server.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("\"foo\""), "{err}");
     }
 
     #[tokio::test]

@@ -104,6 +104,14 @@ fn transmission_flags(i: &ExportInfo) -> u16 {
     f
 }
 
+/// The error message for an export name that is not ours.
+fn unknown_export(name: &[u8]) -> String {
+    format!(
+        "no export named {:?}: the only export is the default one (\"\")",
+        String::from_utf8_lossy(name)
+    )
+}
+
 /// Runs the handshake; `Ok(Some(info))` when the client entered
 /// transmission, `Ok(None)` when it aborted.
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
@@ -133,6 +141,13 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         s.read_exact(&mut data).await?;
         match opt {
             OPT_EXPORT_NAME => {
+                if !data.is_empty() {
+                    // No way to answer an error here: the spec says close.
+                    return Err(proto_err(format!(
+                        "NBD_OPT_EXPORT_NAME for unknown export {:?} (the only export is \"\")",
+                        String::from_utf8_lossy(&data)
+                    )));
+                }
                 let Ok(info) = export.info().await else {
                     return Err(proto_err("export unavailable"));
                 };
@@ -161,23 +176,30 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 // u32 name length, name, u16 count, count x u16.
                 let parsed = (|| {
                     let nl = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+                    let name = data.get(4..4 + nl)?;
                     let rest = data.get(4 + nl..)?;
                     let n = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
                     let items = rest.get(2..2 + 2 * n)?;
                     if rest.len() != 2 + 2 * n {
                         return None;
                     }
-                    Some(
+                    Some((
+                        name,
                         items
                             .chunks(2)
                             .map(|c| u16::from_be_bytes([c[0], c[1]]))
                             .collect::<Vec<_>>(),
-                    )
+                    ))
                 })();
-                let Some(wanted) = parsed else {
+                let Some((name, wanted)) = parsed else {
                     option_reply(s, opt, REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO").await?;
                     continue;
                 };
+                if !name.is_empty() {
+                    let msg = unknown_export(name);
+                    option_reply(s, opt, REP_ERR_UNKNOWN, msg.as_bytes()).await?;
+                    continue;
+                }
                 let info = match export.info().await {
                     Ok(i) => i,
                     Err(_) => {
@@ -376,6 +398,44 @@ async fn handle(
     }
 }
 
+/// The command flags a request of `kind` may carry once the transmission
+/// flags `tflags` were advertised (the NBD protocol, "Command flags"):
+/// FUA on any command once `NBD_FLAG_SEND_FUA` is set; `NO_HOLE` and
+/// `FAST_ZERO` (if advertised) on WRITE_ZEROES; `DF` on READ (if
+/// advertised); `REQ_ONE` on BLOCK_STATUS. Anything else is `EINVAL`.
+fn valid_flags(kind: u16, tflags: u16) -> u16 {
+    let mut ok = 0;
+    if tflags & FLAG_SEND_FUA != 0 {
+        ok |= CMD_FLAG_FUA;
+    }
+    match kind {
+        CMD_READ if tflags & FLAG_SEND_DF != 0 => ok |= CMD_FLAG_DF,
+        CMD_WRITE_ZEROES => {
+            ok |= CMD_FLAG_NO_HOLE;
+            if tflags & FLAG_SEND_FAST_ZERO != 0 {
+                ok |= CMD_FLAG_FAST_ZERO;
+            }
+        }
+        CMD_BLOCK_STATUS => ok |= CMD_FLAG_REQ_ONE,
+        _ => {}
+    }
+    ok
+}
+
+/// Whether the transmission flags `tflags` offer command `kind` (READ,
+/// WRITE and DISC are always there).
+fn offered(kind: u16, tflags: u16) -> bool {
+    let need = match kind {
+        CMD_READ | CMD_WRITE | CMD_DISC => return true,
+        CMD_FLUSH => FLAG_SEND_FLUSH,
+        CMD_TRIM => FLAG_SEND_TRIM,
+        CMD_WRITE_ZEROES => FLAG_SEND_WRITE_ZEROES,
+        CMD_CACHE => FLAG_SEND_CACHE,
+        _ => return false,
+    };
+    tflags & need != 0
+}
+
 async fn run(
     export: &dyn Export,
     info: &ExportInfo,
@@ -385,6 +445,10 @@ async fn run(
     let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
     if writes && info.readonly {
         return Err(EPERM);
+    }
+    let tflags = transmission_flags(info);
+    if !offered(req.kind, tflags) || req.flags & !valid_flags(req.kind, tflags) != 0 {
+        return Err(EINVAL);
     }
     let in_bounds = req
         .offset
