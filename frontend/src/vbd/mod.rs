@@ -90,7 +90,7 @@ impl VbdFrontStats {
 #[derive(Debug)]
 pub struct VbdFrontend {
     dir: PathBuf,
-    exports: Mutex<HashMap<DeviceId, Arc<Device>>>,
+    exports: Arc<Exports>,
     stats: Arc<VbdFrontStats>,
 }
 
@@ -129,7 +129,7 @@ impl VbdFrontend {
         })?;
         Ok(VbdFrontend {
             dir: dir.to_path_buf(),
-            exports: Mutex::new(HashMap::new()),
+            exports: Arc::default(),
             stats: Arc::default(),
         })
     }
@@ -148,7 +148,7 @@ impl VbdFrontend {
     /// use.
     fn device(&self, conn: &FrontendConn) -> Result<Arc<Device>, DeviceError> {
         let id = conn.id();
-        let mut map = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.exports.lock();
         if let Some(d) = map.get(id) {
             return Ok(d.clone());
         }
@@ -156,10 +156,8 @@ impl VbdFrontend {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             DeviceError::failed(format!("device {id}: {what}: {e}"))
         };
-        // A socket file left by a previous daemon is stale: we own the name.
-        let _ = std::fs::remove_file(&path);
-        let unix = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| fail(&format!("binding {}", path.display()), &e))?;
+        // Everything that can fail comes before the Unix socket is bound:
+        // a device that fails setup leaves no socket file.
         let tcp = match conn.info().params.get("nbd-tcp") {
             None => None,
             Some(addr) => {
@@ -174,6 +172,10 @@ impl VbdFrontend {
                 Some(tokio::net::TcpListener::from_std(l).map_err(|e| fail("nbd-tcp", &e))?)
             }
         };
+        // A socket file left by a previous daemon is stale: we own the name.
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| fail(&format!("binding {}", path.display()), &e))?;
         let (current, _) = watch::channel(Current::Waiting);
         let mut dev = Device {
             current,
@@ -305,121 +307,155 @@ impl FrontendDevice for VbdFrontend {
         "vbd"
     }
 
-    fn connect(&self, mut conn: FrontendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
+    fn connect(&self, conn: FrontendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
         let dev = self.device(&conn);
         let stats = self.stats.clone();
+        let exports = self.exports.clone();
         Box::pin(async move {
             let dev = dev?;
-            let pool_pages = pool_pages(&conn)?;
-            let geometry = geometry(&conn, pool_pages)?;
-            let max_q = match conn.peer_keys().get(keys::MULTI_QUEUE_MAX_QUEUES) {
-                None => 1,
-                Some(_) => conn.peer_u32(keys::MULTI_QUEUE_MAX_QUEUES)?,
-            };
-            let nq = max_q.clamp(1, QUEUES);
-            let max_order = match conn.peer_keys().get(keys::MAX_RING_PAGE_ORDER) {
-                None => 0,
-                Some(_) => conn.peer_u32(keys::MAX_RING_PAGE_ORDER)?,
-            };
-            let order = max_order.min(RING_PAGE_ORDER);
-            let platform = conn.platform().clone();
-            let backend = conn.backend();
-            let fail = |what: String, e: &dyn std::fmt::Display| {
-                DeviceError::failed(format!("device {}: {what}: {e}", conn.id()))
-            };
-            let mut queues = Vec::new();
-            let mut keys_out: Vec<(String, String)> = Vec::new();
-            for q in 0..nq {
-                let (ring, ep) =
-                    RingClient::<Req, Rsp>::share(platform.as_ref(), backend, 1 << order)
-                        .map_err(|e| fail(format!("sharing ring {q}"), &e))?;
-                let pages = platform
-                    .share_pages(backend, pool_pages, Access::ReadWrite)
-                    .map_err(|e| fail(format!("granting data pages of queue {q}"), &e))?;
-                let prefix = if nq == 1 {
-                    String::new()
-                } else {
-                    format!("queue-{q}/")
-                };
-                if order == 0 {
-                    keys_out.push((format!("{prefix}ring-ref"), ep.refs[0].to_string()));
-                } else {
-                    keys_out.push((
-                        format!("{prefix}{}", keys::RING_PAGE_ORDER),
-                        order.to_string(),
-                    ));
-                    for (i, r) in ep.refs.iter().enumerate() {
-                        keys_out.push((format!("{prefix}ring-ref{i}"), r.to_string()));
-                    }
-                }
-                keys_out.push((format!("{prefix}event-channel"), ep.port.to_string()));
-                queues.push(Queue {
-                    ring,
-                    pool: PagePool::new(pages),
-                });
-            }
-            for (k, v) in keys_out {
-                conn.set_key(k, v);
-            }
-            if nq > 1 {
-                conn.set_key(keys::MULTI_QUEUE_NUM_QUEUES, nq.to_string());
-            }
-            conn.set_key("protocol", NATIVE_PROTOCOL);
-            conn.set_key(keys::FEATURE_PERSISTENT, "1");
-            if let Some(a) = &dev.tcp {
-                conn.set_key("nbd-tcp-address", a.clone());
-            }
-            // Ring deaths: a response stream nobody feeds ends with the
-            // error that closed its ring.
-            let mut deaths: FuturesUnordered<_> = queues
-                .iter()
-                .map(|q| {
-                    let (_sink, mut stream) = q.ring.split();
-                    async move { stream.next().await }
-                })
-                .collect();
-            conn.ready().await?;
-            stats.connections.fetch_add(1, Ordering::Relaxed);
-            let disk = Arc::new(Disk::new(queues, geometry));
-            tracing::info!(
-                device = %conn.id(), queues = nq, ring_pages = 1u32 << order, pool_pages,
-                sectors = geometry.sectors, readonly = geometry.readonly,
-                indirect = geometry.indirect_segments, "vbd connected"
-            );
-            dev.current.send_replace(Current::Ready(disk.clone()));
-            let result = tokio::select! {
-                _ = conn.stopped() => Ok(()),
-                e = deaths.next() => Err(DeviceError::PeerGone(format!(
-                    "device {}: ring closed: {:?}", conn.id(), e.flatten().map(|r| r.err())
-                ))),
-            };
-            dev.current.send_if_modified(|c| {
-                // A removal that came first stays.
-                let ready = matches!(c, Current::Ready(_));
-                if ready {
-                    *c = Current::Waiting;
-                }
-                ready
-            });
-            drop(deaths);
-            if let Ok(disk) = Arc::try_unwrap(disk) {
-                for q in disk.into_queues() {
-                    q.ring.close().await;
-                    drop(q.pool.into_shared());
-                }
+            let id = conn.id().clone();
+            let result = serve_connection(conn, dev.clone(), stats).await;
+            if let Err(DeviceError::Failed(_)) = &result {
+                // A device that failed (its setup, or a backend's bad
+                // keys) is in error until the toolstack acts: no socket.
+                exports.close(&id, Some(&dev));
             }
             result
         })
     }
 
     fn removed(&self, id: &DeviceId) {
-        let dev = self
-            .exports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.exports.close(id, None);
+    }
+}
+
+/// One connection of device `dev` to its backend, until it stops.
+async fn serve_connection(
+    mut conn: FrontendConn,
+    dev: Arc<Device>,
+    stats: Arc<VbdFrontStats>,
+) -> Result<(), DeviceError> {
+    let pool_pages = pool_pages(&conn)?;
+    let geometry = geometry(&conn, pool_pages)?;
+    let max_q = match conn.peer_keys().get(keys::MULTI_QUEUE_MAX_QUEUES) {
+        None => 1,
+        Some(_) => conn.peer_u32(keys::MULTI_QUEUE_MAX_QUEUES)?,
+    };
+    let nq = max_q.clamp(1, QUEUES);
+    let max_order = match conn.peer_keys().get(keys::MAX_RING_PAGE_ORDER) {
+        None => 0,
+        Some(_) => conn.peer_u32(keys::MAX_RING_PAGE_ORDER)?,
+    };
+    let order = max_order.min(RING_PAGE_ORDER);
+    let platform = conn.platform().clone();
+    let backend = conn.backend();
+    let fail = |what: String, e: &dyn std::fmt::Display| {
+        DeviceError::failed(format!("device {}: {what}: {e}", conn.id()))
+    };
+    let mut queues = Vec::new();
+    let mut keys_out: Vec<(String, String)> = Vec::new();
+    for q in 0..nq {
+        let (ring, ep) = RingClient::<Req, Rsp>::share(platform.as_ref(), backend, 1 << order)
+            .map_err(|e| fail(format!("sharing ring {q}"), &e))?;
+        let pages = platform
+            .share_pages(backend, pool_pages, Access::ReadWrite)
+            .map_err(|e| fail(format!("granting data pages of queue {q}"), &e))?;
+        let prefix = if nq == 1 {
+            String::new()
+        } else {
+            format!("queue-{q}/")
+        };
+        if order == 0 {
+            keys_out.push((format!("{prefix}ring-ref"), ep.refs[0].to_string()));
+        } else {
+            keys_out.push((
+                format!("{prefix}{}", keys::RING_PAGE_ORDER),
+                order.to_string(),
+            ));
+            for (i, r) in ep.refs.iter().enumerate() {
+                keys_out.push((format!("{prefix}ring-ref{i}"), r.to_string()));
+            }
+        }
+        keys_out.push((format!("{prefix}event-channel"), ep.port.to_string()));
+        queues.push(Queue {
+            ring,
+            pool: PagePool::new(pages),
+        });
+    }
+    for (k, v) in keys_out {
+        conn.set_key(k, v);
+    }
+    if nq > 1 {
+        conn.set_key(keys::MULTI_QUEUE_NUM_QUEUES, nq.to_string());
+    }
+    conn.set_key("protocol", NATIVE_PROTOCOL);
+    conn.set_key(keys::FEATURE_PERSISTENT, "1");
+    if let Some(a) = &dev.tcp {
+        conn.set_key("nbd-tcp-address", a.clone());
+    }
+    // Ring deaths: a response stream nobody feeds ends with the
+    // error that closed its ring.
+    let mut deaths: FuturesUnordered<_> = queues
+        .iter()
+        .map(|q| {
+            let (_sink, mut stream) = q.ring.split();
+            async move { stream.next().await }
+        })
+        .collect();
+    conn.ready().await?;
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let disk = Arc::new(Disk::new(queues, geometry));
+    tracing::info!(
+        device = %conn.id(), queues = nq, ring_pages = 1u32 << order, pool_pages,
+        sectors = geometry.sectors, readonly = geometry.readonly,
+        indirect = geometry.indirect_segments, "vbd connected"
+    );
+    dev.current.send_replace(Current::Ready(disk.clone()));
+    let result = tokio::select! {
+        _ = conn.stopped() => Ok(()),
+        e = deaths.next() => Err(DeviceError::PeerGone(format!(
+            "device {}: ring closed: {:?}", conn.id(), e.flatten().map(|r| r.err())
+        ))),
+    };
+    dev.current.send_if_modified(|c| {
+        // A removal that came first stays.
+        let ready = matches!(c, Current::Ready(_));
+        if ready {
+            *c = Current::Waiting;
+        }
+        ready
+    });
+    drop(deaths);
+    if let Ok(disk) = Arc::try_unwrap(disk) {
+        for q in disk.into_queues() {
+            q.ring.close().await;
+            drop(q.pool.into_shared());
+        }
+    }
+    result
+}
+
+/// The exports of every device, by id.
+#[derive(Debug, Default)]
+struct Exports(Mutex<HashMap<DeviceId, Arc<Device>>>);
+
+impl Exports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Device>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends device `id`'s export (`only`: if it is still that one): its
+    /// socket file goes, its accept loops end, and clients still connected
+    /// get `ESHUTDOWN` from now on.
+    fn close(&self, id: &DeviceId, only: Option<&Arc<Device>>) {
+        let dev = {
+            let mut map = self.lock();
+            match (map.get(id), only) {
+                (Some(d), Some(o)) if !Arc::ptr_eq(d, o) => None,
+                _ => map.remove(id),
+            }
+        };
         if let Some(d) = dev {
-            // Clients still connected get ESHUTDOWN from now on.
             d.current.send_replace(Current::Removed);
             for t in &d.accept {
                 t.abort();
