@@ -2,6 +2,10 @@
 //! fail their setup:
 //! - an export name that is not the export's is refused (`qemu-img info`
 //!   of `nbd+unix:///nosuch` fails naming it; the default name works);
+//! - an image of 1000 bytes is exported as 1000 bytes (`nbdinfo --size`;
+//!   qemu rounds sizes up to 512), `qemu-io` writes and reads back its
+//!   last partial sector, I/O past the end is refused to the byte, and
+//!   the file stays 1000 bytes with the data;
 //! - a device whose setup fails (a bad `pool-pages`, a non-loopback
 //!   `nbd-tcp`) reports the error and leaves no NBD socket file.
 //!
@@ -17,10 +21,13 @@ use vbd_common::{make_image, run, run_status, uri, Vbd};
 use xenring::sim::HostConfig;
 use xenring::xenbus::{read_error, Side};
 use xenring_examples::system::System;
+use xenring_frontend::nbd::proto::{EINVAL, ENOSPC};
+use xenring_frontend::nbd::{ClientError, NbdClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vbd_conformance() -> anyhow::Result<()> {
     unknown_export_name_is_refused().await?;
+    an_odd_sized_image_is_exported_to_the_byte().await?;
     a_device_that_fails_setup_leaves_no_socket().await
 }
 
@@ -40,6 +47,49 @@ async fn unknown_export_name_is_refused() -> anyhow::Result<()> {
     )
     .await?;
     assert!(info.contains("\"virtual-size\": 1048576"), "{info}");
+    v.finish().await
+}
+
+async fn an_odd_sized_image_is_exported_to_the_byte() -> anyhow::Result<()> {
+    let v = Vbd::start(1000, false).await?;
+    std::fs::write(&v.image, vec![1u8; 1000])?;
+    let u = uri(&v.sock);
+    // qemu rounds every size up to 512 bytes; nbdinfo shows the export's.
+    let size = run("nbdinfo", &["--size".into(), u.clone()]).await?;
+    assert_eq!(size.trim(), "1000", "nbdinfo --size");
+    let q = |cmd: &str| ["-f", "raw", "-c", cmd, &u].map(String::from);
+    run("qemu-io", &q("write -P 5 900 100")).await?;
+    run("qemu-io", &q("write -P 6 500 20")).await?;
+    let out = run("qemu-io", &q("read -P 5 900 100")).await?;
+    assert!(out.contains("read 100/100"), "{out}");
+    let out = run("qemu-io", &q("read -P 6 500 20")).await?;
+    assert!(out.contains("read 20/20"), "{out}");
+    // Past the end, to the byte: refused.
+    let c = NbdClient::connect_unix(&v.sock).await?;
+    assert_eq!(c.size(), 1000);
+    assert_eq!(c.read(999, 1).await?, vec![5]);
+    assert!(matches!(
+        c.read(999, 2).await,
+        Err(ClientError::Errno(EINVAL))
+    ));
+    assert!(matches!(
+        c.write(1000, &[7], false).await,
+        Err(ClientError::Errno(ENOSPC))
+    ));
+    assert!(matches!(
+        c.write(990, &[7; 11], false).await,
+        Err(ClientError::Errno(ENOSPC))
+    ));
+    c.write(999, &[8], true).await?;
+    c.write_zeroes(996, 3).await?;
+    c.disconnect().await?;
+    let data = std::fs::read(&v.image)?;
+    assert_eq!(data.len(), 1000, "the image changed size");
+    assert!(data[..500].iter().all(|&b| b == 1), "{:?}", &data[..500]);
+    assert!(data[500..520].iter().all(|&b| b == 6));
+    assert!(data[520..900].iter().all(|&b| b == 1));
+    assert!(data[900..996].iter().all(|&b| b == 5));
+    assert_eq!(data[996..], [0, 0, 0, 8]);
     v.finish().await
 }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub struct Image {
     file: Arc<File>,
     path: PathBuf,
-    sectors: u64,
+    size: u64,
     readonly: bool,
 }
 
@@ -30,8 +30,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Image {
-    /// Opens `path` read-only or read-write. Its size in 512-byte sectors
-    /// is taken now (a partial last sector is not served).
+    /// Opens `path` read-only or read-write. Its size is taken now; a
+    /// partial last sector is served as a whole one whose tail reads as
+    /// zeroes and drops what is written to it (the file never grows).
     pub fn open(path: &Path, readonly: bool) -> io::Result<Image> {
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -46,16 +47,21 @@ impl Image {
             ));
         }
         Ok(Image {
-            sectors: meta.len() / 512,
+            size: meta.len(),
             file: Arc::new(file),
             path: path.to_path_buf(),
             readonly,
         })
     }
 
-    /// Size in 512-byte sectors.
+    /// Size in 512-byte sectors, the last one maybe partial.
     pub fn sectors(&self) -> u64 {
-        self.sectors
+        self.size.div_ceil(512)
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
     }
 
     /// Whether it was opened read-only.
@@ -68,20 +74,44 @@ impl Image {
         &self.path
     }
 
-    /// Reads `len` bytes at byte `offset`.
+    /// How many of `len` bytes at `offset` lie inside the file; an error
+    /// if the range ends past the last (partial) sector.
+    fn inside(&self, offset: u64, len: u64) -> io::Result<u64> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.sectors() * 512 => {
+                Ok(self.size.saturating_sub(offset).min(len))
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at {offset}: past the end of {} ({} bytes)",
+                    len,
+                    self.path.display(),
+                    self.size
+                ),
+            )),
+        }
+    }
+
+    /// Reads `len` bytes at byte `offset` (zeroes past the end of the
+    /// file, in its last sector).
     pub async fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let f = self.file.clone();
+        let n = self.inside(offset, len as u64)? as usize;
         blocking(move || {
             let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, offset)?;
+            f.read_exact_at(&mut buf[..n], offset)?;
             Ok(buf)
         })
         .await
     }
 
     /// Writes `data` at byte `offset`; returns once `pwrite` returned.
-    pub async fn write(&self, offset: u64, data: Vec<u8>) -> io::Result<()> {
+    /// What falls past the end of the file, in its last sector, is dropped.
+    pub async fn write(&self, offset: u64, mut data: Vec<u8>) -> io::Result<()> {
         let f = self.file.clone();
+        let n = self.inside(offset, data.len() as u64)? as usize;
+        data.truncate(n);
         blocking(move || f.write_all_at(&data, offset)).await
     }
 
@@ -95,6 +125,10 @@ impl Image {
     /// range reads back as zeroes and its blocks are freed.
     pub async fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let f = self.file.clone();
+        let len = self.inside(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
         blocking(move || {
             use rustix::fs::{fallocate, FallocateFlags};
             fallocate(
@@ -138,6 +172,30 @@ mod tests {
         assert_eq!(img.read(0, 16).await.unwrap(), vec![0u8; 16]);
         // Reads past the end fail instead of returning short data.
         assert!(img.read((1 << 20) - 8, 16).await.is_err());
+    }
+
+    /// An image of 1000 bytes is two sectors; the second one's tail
+    /// reads as zeroes, writes to it are dropped, the file stays 1000
+    /// bytes; nothing past the second sector is served.
+    #[tokio::test]
+    async fn a_partial_last_sector_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![3u8; 1000]).unwrap();
+        let img = Image::open(&p, false).unwrap();
+        assert_eq!((img.sectors(), img.size()), (2, 1000));
+        let got = img.read(512, 512).await.unwrap();
+        assert_eq!(&got[..488], &[3u8; 488][..]);
+        assert_eq!(&got[488..], &[0u8; 24][..]);
+        img.write(512, vec![9u8; 512]).await.unwrap();
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(data.len(), 1000, "the file grew");
+        assert!(data[512..].iter().all(|&b| b == 9));
+        assert!(img.read(1024, 1).await.is_err());
+        assert!(img.write(1000, vec![0u8; 25]).await.is_err());
+        img.discard(512, 512).await.unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1000);
+        assert_eq!(img.read(512, 488).await.unwrap(), vec![0u8; 488]);
     }
 
     #[tokio::test]

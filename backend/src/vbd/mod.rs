@@ -169,6 +169,7 @@ impl BackendDevice for VbdBackend {
         let info_flags = if img.readonly() { VDISK_READONLY } else { 0 };
         let mut k: Vec<(String, String)> = vec![
             (keys::SECTORS.into(), img.sectors().to_string()),
+            (keys::XENRING_SIZE_BYTES.into(), img.size().to_string()),
             (keys::SECTOR_SIZE.into(), "512".into()),
             (keys::PHYSICAL_SECTOR_SIZE.into(), "4096".into()),
             (keys::INFO.into(), info_flags.to_string()),

@@ -126,6 +126,9 @@ pub struct Queue {
 pub struct Geometry {
     /// Size in 512-byte sectors (checked: `sectors * 512` fits in a u64).
     pub sectors: u64,
+    /// Size in bytes: `sectors * 512`, or less when the backend published
+    /// `xenring-size-bytes` (the last sector is partial).
+    pub size: u64,
     /// `VDISK_READONLY`.
     pub readonly: bool,
     /// `feature-flush-cache`.

@@ -266,6 +266,21 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
             conn.id()
         )));
     }
+    // The exact size, when the last sector is partial: it must round up
+    // to `sectors`.
+    let size = match conn.peer_keys().get(keys::XENRING_SIZE_BYTES) {
+        None => sectors * 512,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n.div_ceil(512) == sectors => n,
+            _ => {
+                return Err(DeviceError::failed(format!(
+                    "device {}: {} {v:?} does not round up to sectors {sectors}",
+                    conn.id(),
+                    keys::XENRING_SIZE_BYTES
+                )))
+            }
+        },
+    };
     let info = match conn.peer_keys().get(keys::INFO) {
         None => 0,
         Some(_) => conn.peer_u32(keys::INFO)?,
@@ -276,6 +291,7 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
     };
     Ok(Geometry {
         sectors,
+        size,
         readonly: info & VDISK_READONLY != 0,
         flush: flag(keys::FEATURE_FLUSH_CACHE),
         discard: flag(keys::FEATURE_DISCARD),
@@ -576,7 +592,7 @@ impl Export for VbdExport {
         Box::pin(async move {
             let g = self.disk().await?.geometry;
             Ok(ExportInfo {
-                size: g.sectors * 512,
+                size: g.size,
                 readonly: g.readonly,
                 flush: g.flush,
                 trim: g.discard,
