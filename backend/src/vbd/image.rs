@@ -1,4 +1,5 @@
-//! The raw image file a `vbd` serves. Every disk operation runs on
+//! The raw image file a `vbd` serves, locked as qemu locks images
+//! ([`super::lock`]) while it is open. Every disk operation runs on
 //! tokio's blocking pool (`spawn_blocking`), so the runtime threads never
 //! wait for the disk and many requests can be in flight (positional
 //! `pread`/`pwrite`, no shared file offset). A call returns only once the
@@ -46,11 +47,20 @@ impl Image {
                 format!("{} is not a regular file", path.display()),
             ));
         }
+        super::lock::lock(&file, path, super::lock::Perms::device(readonly))?;
         Ok(Image {
             size: meta.len(),
             file: Arc::new(file),
             path: path.to_path_buf(),
             readonly,
+        })
+    }
+
+    /// The same open image (and its locks) with its size taken again.
+    pub fn refreshed(&self) -> io::Result<Image> {
+        Ok(Image {
+            size: self.file.metadata()?.len(),
+            ..self.clone()
         })
     }
 

@@ -23,6 +23,7 @@
 pub mod grants;
 pub mod image;
 pub mod inflight;
+pub mod lock;
 pub mod request;
 
 use std::path::PathBuf;
@@ -103,6 +104,7 @@ impl VbdStats {
 #[derive(Debug, Default)]
 pub struct VbdBackend {
     stats: Arc<VbdStats>,
+    images: std::sync::Mutex<std::collections::HashMap<DeviceId, Image>>,
 }
 
 /// What the toolstack asked for: the image and its mode.
@@ -141,13 +143,27 @@ fn params_of(info: &DeviceInfo) -> Result<Params, DeviceError> {
     })
 }
 
-fn open_image(info: &DeviceInfo) -> Result<Image, DeviceError> {
-    let p = params_of(info)?;
-    Image::open(&p.path, p.readonly)
-        .map_err(|e| DeviceError::failed(format!("device {}: {e}", info.id)))
-}
-
 impl VbdBackend {
+    /// The device's image: the one it opened (and locked) before, with
+    /// its size taken again, or opened now. A device keeps its image open
+    /// from its first `features()` until it is removed, so its own
+    /// reconnections never meet its own lock.
+    fn image(&self, info: &DeviceInfo) -> Result<Image, DeviceError> {
+        let p = params_of(info)?;
+        let fail = |e: std::io::Error| DeviceError::failed(format!("device {}: {e}", info.id));
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(img) = images.get(&info.id) {
+            if img.path() == p.path && img.readonly() == p.readonly {
+                return img.refreshed().map_err(fail);
+            }
+            // Other params: the old image (and its lock) goes first.
+            images.remove(&info.id);
+        }
+        let img = Image::open(&p.path, p.readonly).map_err(fail)?;
+        images.insert(info.id.clone(), img.clone());
+        Ok(img)
+    }
+
     /// A vbd backend with zeroed counters.
     pub fn new() -> VbdBackend {
         VbdBackend::default()
@@ -165,7 +181,7 @@ impl BackendDevice for VbdBackend {
     }
 
     fn features(&self, info: &DeviceInfo) -> Result<Vec<(String, String)>, DeviceError> {
-        let img = open_image(info)?;
+        let img = self.image(info)?;
         let info_flags = if img.readonly() { VDISK_READONLY } else { 0 };
         let mut k: Vec<(String, String)> = vec![
             (keys::SECTORS.into(), img.sectors().to_string()),
@@ -199,8 +215,9 @@ impl BackendDevice for VbdBackend {
 
     fn connect(&self, mut conn: BackendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
         let stats = self.stats.clone();
+        let img = self.image(conn.info());
         Box::pin(async move {
-            let img = open_image(conn.info())?;
+            let img = img?;
             conn.check_protocol()?;
             let endpoints = queue_endpoints(&conn)?;
             let persistent = conn
@@ -261,6 +278,14 @@ impl BackendDevice for VbdBackend {
             );
             result
         })
+    }
+
+    fn removed(&self, id: &DeviceId) {
+        // Closes the image (its locks go) once the last request let go.
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }
 
