@@ -6,6 +6,12 @@
 //!   qemu rounds sizes up to 512), `qemu-io` writes and reads back its
 //!   last partial sector, I/O past the end is refused to the byte, and
 //!   the file stays 1000 bytes with the data;
+//! - holes are seen through the export: `qemu-img map` and `nbdinfo
+//!   --map` (structured replies, `base:allocation` block status from the
+//!   backend's `SEEK_DATA`/`SEEK_HOLE`) report data where it was written
+//!   and holes elsewhere; `qemu-io write -z -u` deallocates (the file's
+//!   blocks go), `write -z` zeroes in place (the blocks stay), `write -z -n` (FAST_ZERO)
+//!   works, `discard` punches a hole;
 //! - a device whose setup fails (a bad `pool-pages`, a non-loopback
 //!   `nbd-tcp`) reports the error and leaves no NBD socket file.
 //!
@@ -28,6 +34,7 @@ use xenring_frontend::nbd::{ClientError, NbdClient};
 async fn vbd_conformance() -> anyhow::Result<()> {
     unknown_export_name_is_refused().await?;
     an_odd_sized_image_is_exported_to_the_byte().await?;
+    holes_are_seen_and_made().await?;
     a_device_that_fails_setup_leaves_no_socket().await
 }
 
@@ -90,6 +97,109 @@ async fn an_odd_sized_image_is_exported_to_the_byte() -> anyhow::Result<()> {
     assert!(data[520..900].iter().all(|&b| b == 1));
     assert!(data[900..996].iter().all(|&b| b == 5));
     assert_eq!(data[996..], [0, 0, 0, 8]);
+    v.finish().await
+}
+
+/// `qemu-img map --output=json` as (start, length, data) triples.
+async fn qemu_map(u: &str) -> anyhow::Result<Vec<(u64, u64, bool)>> {
+    let out = run(
+        "qemu-img",
+        &["map".into(), "--output=json".into(), u.into()],
+    )
+    .await?;
+    let num = |line: &str, key: &str| -> Option<u64> {
+        let at = line.find(&format!("\"{key}\": "))? + key.len() + 4;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            Some((
+                num(l, "start")?,
+                num(l, "length")?,
+                l.contains("\"data\": true"),
+            ))
+        })
+        .collect())
+}
+
+/// Whether `map` says [start, start + len) is data (`true`) or not.
+fn mapped(map: &[(u64, u64, bool)], start: u64, len: u64, data: bool) -> bool {
+    (start..start + len).step_by(4096).all(|b| {
+        map.iter()
+            .any(|&(s, l, d)| (s..s + l).contains(&b) && d == data)
+    })
+}
+
+fn allocated(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.blocks() * 512)
+}
+
+async fn holes_are_seen_and_made() -> anyhow::Result<()> {
+    const M: u64 = 1 << 20;
+    let v = Vbd::start(8 * M, false).await?;
+    let u = uri(&v.sock);
+    let q = |cmd: &str| ["-f", "raw", "-c", cmd, &u].map(String::from);
+    run("qemu-io", &q("write -P 9 1M 1M")).await?;
+    run("qemu-io", &q("write -P 9 5M 64k")).await?;
+    run("qemu-io", &q("write -P 9 7M 1M")).await?;
+    let map = qemu_map(&u).await?;
+    assert!(
+        mapped(&map, M, M, true)
+            && mapped(&map, 5 * M, 64 << 10, true)
+            && mapped(&map, 0, M, false)
+            && mapped(&map, 2 * M, 3 * M, false)
+            && mapped(&map, 5 * M + (64 << 10), M - (64 << 10), false),
+        "qemu-img map: {map:?}\n{}",
+        v.logs()
+    );
+    let out = run("nbdinfo", &["--map".into(), u.clone()]).await?;
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r[..] == ["0", "1048576", "3", "hole,zero"])
+            && rows
+                .iter()
+                .any(|r| r[..] == ["1048576", "1048576", "0", "data"]),
+        "nbdinfo --map:\n{out}"
+    );
+    // Write zeroes that may unmap: the blocks go, a hole shows.
+    let before = allocated(&v.image)?;
+    run("qemu-io", &q("write -z -u 1M 1M")).await?;
+    let after = allocated(&v.image)?;
+    assert!(
+        after + M <= before,
+        "write -z -u kept the blocks: {before} -> {after} bytes"
+    );
+    assert!(
+        mapped(&qemu_map(&u).await?, M, M, false),
+        "no hole after write -z -u"
+    );
+    // Without unmap (NO_HOLE): zeroed in place, the blocks stay (ext4
+    // may then report them as unwritten, as qemu's own map does).
+    run("qemu-io", &q("write -z 5M 64k")).await?;
+    assert_eq!(allocated(&v.image)?, after, "write -z deallocated");
+    run("qemu-io", &q("read -P 0 5M 64k")).await?;
+    // Fast zeroes (NBD_CMD_FLAG_FAST_ZERO) and discard.
+    run("qemu-io", &q("write -z -u -n 7M 512k")).await?;
+    run("qemu-io", &q("discard 7680k 512k")).await?;
+    run("qemu-io", &q("read -P 0 7M 1M")).await?;
+    assert!(
+        mapped(&qemu_map(&u).await?, 7 * M, M, false),
+        "no hole after fast zero + discard"
+    );
+    assert!(
+        allocated(&v.image)? + M <= after,
+        "the last MiB stayed allocated"
+    );
     v.finish().await
 }
 

@@ -151,6 +151,111 @@ impl Image {
         })
         .await
     }
+
+    /// Zeroes `len` bytes at `offset`: deallocates them when `unmap`
+    /// (`fallocate(PUNCH_HOLE)`), else zeroes them in place
+    /// (`ZERO_RANGE`); where the file system cannot, writes zeroes, or
+    /// fails with [`io::ErrorKind::Unsupported`] when `fast`.
+    pub async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        unmap: bool,
+        fast: bool,
+    ) -> io::Result<()> {
+        let f = self.file.clone();
+        let len = self.inside(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        blocking(move || {
+            use rustix::fs::{fallocate, FallocateFlags};
+            let mode = if unmap {
+                FallocateFlags::PUNCH_HOLE
+            } else {
+                FallocateFlags::ZERO_RANGE
+            } | FallocateFlags::KEEP_SIZE;
+            match fallocate(&*f, mode, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP && !fast => {}
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "the file system cannot zero quickly",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let zeroes = vec![0u8; len.min(1 << 20) as usize];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(zeroes.len() as u64) as usize;
+                f.write_all_at(&zeroes[..n], offset + at)?;
+                at += n as u64;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The allocation of `len` bytes at `offset` (`SEEK_DATA`/`SEEK_HOLE`):
+    /// consecutive (length, hole) extents from `offset`, at most `max` of
+    /// them, together at most `len` bytes. Past the end of the file (the
+    /// last sector's tail) goes with the extent before it.
+    pub async fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+        max: usize,
+    ) -> io::Result<Vec<(u64, bool)>> {
+        let f = self.file.clone();
+        let size = self.size;
+        self.inside(offset, len)?;
+        blocking(move || {
+            use rustix::fs::{seek, SeekFrom};
+            let end = offset + len;
+            let mut out: Vec<(u64, bool)> = Vec::new();
+            let mut at = offset;
+            while at < end && out.len() < max {
+                if at >= size {
+                    // The last sector's tail past the file: reads as zeroes.
+                    push(&mut out, end - at, true);
+                    break;
+                }
+                let data = match seek(&*f, SeekFrom::Data(at)) {
+                    Ok(d) => d.min(size),
+                    Err(rustix::io::Errno::NXIO) => size,
+                    Err(e) => return Err(e.into()),
+                };
+                if data > at {
+                    // A hole up to the next data (or on to the end).
+                    let stop = if data >= size { end } else { data.min(end) };
+                    push(&mut out, stop - at, true);
+                    at = stop;
+                    continue;
+                }
+                let hole = match seek(&*f, SeekFrom::Hole(at)) {
+                    Ok(h) => h.min(size),
+                    Err(e) => return Err(e.into()),
+                };
+                // Data runs to the hole (or the file's end, and then on
+                // to the end of its last sector).
+                let stop = if hole >= size { end } else { hole.min(end) };
+                push(&mut out, stop - at, false);
+                at = stop;
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Appends an extent, merged with the last one when they are alike.
+fn push(out: &mut Vec<(u64, bool)>, len: u64, hole: bool) {
+    match out.last_mut() {
+        Some(last) if last.1 == hole => last.0 += len,
+        _ => out.push((len, hole)),
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +311,55 @@ mod tests {
         img.discard(512, 512).await.unwrap();
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 1000);
         assert_eq!(img.read(512, 488).await.unwrap(), vec![0u8; 488]);
+    }
+
+    /// Holes punched by write-zeroes show in the block status; zeroing
+    /// without unmap keeps the blocks; a hole's bytes read as zeroes.
+    #[tokio::test]
+    async fn write_zeroes_and_block_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("img");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        let img = Image::open(&p, false).unwrap();
+        assert_eq!(
+            img.block_status(0, 1 << 20, 16).await.unwrap(),
+            vec![(1 << 20, false)]
+        );
+        img.write_zeroes(64 << 10, 128 << 10, true, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            img.block_status(0, 1 << 20, 16).await.unwrap(),
+            vec![(64 << 10, false), (128 << 10, true), (832 << 10, false)]
+        );
+        assert_eq!(img.read(64 << 10, 4096).await.unwrap(), vec![0u8; 4096]);
+        // A range inside: clipped to it; at most `max` extents.
+        assert_eq!(
+            img.block_status(60 << 10, 8 << 10, 16).await.unwrap(),
+            vec![(4 << 10, false), (4 << 10, true)]
+        );
+        assert_eq!(
+            img.block_status(0, 1 << 20, 1).await.unwrap(),
+            vec![(64 << 10, false)]
+        );
+        img.write_zeroes(512 << 10, 4096, false, true)
+            .await
+            .unwrap();
+        assert_eq!(img.read(512 << 10, 4096).await.unwrap(), vec![0u8; 4096]);
+        assert_eq!(
+            img.block_status(512 << 10, 4096, 4).await.unwrap(),
+            vec![(4096, false)]
+        );
+        assert!(img.write_zeroes(1 << 20, 512, true, false).await.is_err());
+        assert!(img.block_status(1 << 20, 512, 4).await.is_err());
+        // An odd-sized image: its last sector's tail is data.
+        let q = dir.path().join("odd");
+        std::fs::write(&q, vec![1u8; 1000]).unwrap();
+        let odd = Image::open(&q, false).unwrap();
+        assert_eq!(
+            odd.block_status(0, 1024, 4).await.unwrap(),
+            vec![(1024, false)]
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,26 @@ pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of a structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+/// Structured reply flag: the last chunk of its reply.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Chunk type: nothing (success, with `DONE`).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Chunk type: u64 offset, then data.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Chunk type: u64 offset, u32 length of zeroes.
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Chunk type: u32 context id, then (u32 length, u32 flags) extents.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Chunk type: u32 error, u16 message length, message.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// `base:allocation` extent flag: not allocated.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` extent flag: reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// Handshake flag: fixed newstyle.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;

@@ -33,6 +33,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use xenring::abi::blkif::{keys, VDISK_READONLY};
+use xenring::abi::blkif_ext as ext;
 use xenring::platform::Access;
 use xenring::ring::RingClient;
 use xenring::xenbus::device::{DeviceError, FrontendConn, NATIVE_PROTOCOL};
@@ -41,7 +42,7 @@ use xenring::xenbus::paths::DeviceId;
 use self::disk::{Disk, DiskError, Geometry, PagePool, Queue, Req, Rsp};
 use self::order::SectorLocks;
 use crate::device::FrontendDevice;
-use crate::nbd::{self, proto, Errno, Export, ExportInfo};
+use crate::nbd::{self, proto, Errno, Export, ExportInfo, Extent, Zeroes};
 
 /// Data pages granted per queue (8 MiB: seven 1 MiB requests in flight).
 pub const POOL_PAGES: usize = 2048;
@@ -268,7 +269,7 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
     }
     // The exact size, when the last sector is partial: it must round up
     // to `sectors`.
-    let size = match conn.peer_keys().get(keys::XENRING_SIZE_BYTES) {
+    let size = match conn.peer_keys().get(ext::keys::SIZE_BYTES) {
         None => sectors * 512,
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n.div_ceil(512) == sectors => n,
@@ -276,7 +277,7 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
                 return Err(DeviceError::failed(format!(
                     "device {}: {} {v:?} does not round up to sectors {sectors}",
                     conn.id(),
-                    keys::XENRING_SIZE_BYTES
+                    ext::keys::SIZE_BYTES
                 )))
             }
         },
@@ -298,6 +299,8 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
         // At most what one indirect page describes... and what our pool
         // can hold two of.
         indirect_segments: (indirect as usize).min(256).min(pool_pages / 2),
+        write_zeroes: flag(ext::keys::FEATURE_WRITE_ZEROES),
+        block_status: flag(ext::keys::FEATURE_BLOCK_STATUS),
     })
 }
 
@@ -493,6 +496,7 @@ fn errno(e: &DiskError) -> Errno {
         DiskError::Status(_) => proto::EIO,
         DiskError::Unsupported => proto::ENOTSUP,
         DiskError::Ring(_) => proto::ESHUTDOWN,
+        DiskError::Invalid(_) => proto::EIO,
     }
 }
 
@@ -553,6 +557,18 @@ impl VbdExport {
         Ok(buf)
     }
 
+    /// Writes zeroes as data, 1 MiB at a time.
+    async fn write_zeroes_slowly(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        const CHUNK: u64 = 1 << 20;
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(CHUNK);
+            self.write_at(at, vec![0u8; n as usize]).await?;
+            at += n;
+        }
+        Ok(())
+    }
+
     async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<(), Errno> {
         if data.is_empty() {
             // Nothing to write: never a read-modify-write of a sector.
@@ -596,6 +612,7 @@ impl Export for VbdExport {
                 readonly: g.readonly,
                 flush: g.flush,
                 trim: g.discard,
+                fast_zero: g.write_zeroes,
             })
         })
     }
@@ -643,13 +660,99 @@ impl Export for VbdExport {
         })
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroes) -> BoxFuture<'_, Result<(), Errno>> {
         Box::pin(async move {
+            let g = self.disk().await?.geometry;
+            // Whole sectors inside the range (the partial last sector of
+            // an odd-sized disk counts whole: the backend drops its tail)
+            // go to the backend's write-zeroes; the edges are written.
+            let first = offset.div_ceil(512);
+            let end = if offset + len == g.size {
+                g.sectors
+            } else {
+                (offset + len) / 512
+            };
+            if !g.write_zeroes || end <= first {
+                if how.fast {
+                    return Err(proto::ENOTSUP);
+                }
+                return self.write_zeroes_slowly(offset, len).await;
+            }
+            self.write_zeroes_slowly(offset, first * 512 - offset)
+                .await?;
+            {
+                // Not in the middle of a read-modify-write of these sectors.
+                let _held = self.dev.writes.lock(first, end, false).await;
+                self.with_disk(move |d| {
+                    Box::pin(async move {
+                        d.write_zeroes(first, end - first, how.may_trim, how.fast)
+                            .await
+                    })
+                })
+                .await?;
+            }
+            let tail = (end * 512).min(offset + len);
+            self.write_zeroes_slowly(tail, offset + len - tail).await
+        })
+    }
+
+    fn block_status(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<Extent>, Errno>> {
+        Box::pin(async move {
+            let disk = self.disk().await?;
+            let g = disk.geometry;
+            let all_data = vec![Extent {
+                length: len,
+                flags: 0,
+            }];
+            if !g.block_status {
+                return Ok(all_data);
+            }
+            let first = offset / 512;
+            let end = (offset + u64::from(len)).div_ceil(512);
+            let sectors = self
+                .with_disk(move |d| {
+                    Box::pin(async move { d.block_status(first, end - first).await })
+                })
+                .await?;
+            // Sectors to bytes, cut to [offset, offset + len).
+            let mut out = Vec::new();
+            let mut at = first * 512;
+            let stop = offset + u64::from(len);
+            for e in sectors {
+                let next = at + e.sectors * 512;
+                let (a, b) = (at.max(offset), next.min(stop));
+                if b > a {
+                    let mut flags = 0;
+                    if e.flags & ext::EXTENT_HOLE != 0 {
+                        flags |= proto::STATE_HOLE;
+                    }
+                    if e.flags & ext::EXTENT_ZERO != 0 {
+                        flags |= proto::STATE_ZERO;
+                    }
+                    out.push(Extent {
+                        length: (b - a) as u32,
+                        flags,
+                    });
+                }
+                at = next;
+                if at >= stop {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
+        Box::pin(async move {
+            // Reading pulls the range into the backend's page cache; the
+            // data is dropped here (1 MiB at a time).
             const CHUNK: u64 = 1 << 20;
             let mut at = offset;
-            while at < offset + len {
-                let n = (offset + len - at).min(CHUNK);
-                self.write_at(at, vec![0u8; n as usize]).await?;
+            let end = offset + u64::from(len);
+            while at < end {
+                let n = (end - at).min(CHUNK);
+                self.read_at(at, n as usize).await?;
                 at += n;
             }
             Ok(())

@@ -232,12 +232,6 @@ pub mod keys {
     pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
     /// Bytes per sector of `sectors` and of every request.
     pub const SECTOR_BYTES: usize = super::BLKIF_SECTOR_SIZE;
-    /// Backend (xenring extension): the disk's exact size in bytes, for
-    /// images that are not a multiple of 512 bytes; `sectors` is then
-    /// this rounded up, the last sector's tail reads as zeroes and writes
-    /// to it are dropped. Frontends that do not know the key see the
-    /// rounded-up disk.
-    pub const XENRING_SIZE_BYTES: &str = "xenring-size-bytes";
 }
 
 mod field {
