@@ -13,6 +13,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The buffer of zeroes a write-zeroes writes at a time where the file
+/// system cannot zero a range itself (counted in the device's in-flight
+/// bytes).
+pub const ZERO_CHUNK: usize = 64 << 10;
+
 /// An open image file.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -186,7 +191,7 @@ impl Image {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let zeroes = vec![0u8; len.min(1 << 20) as usize];
+            let zeroes = vec![0u8; len.min(ZERO_CHUNK as u64) as usize];
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(zeroes.len() as u64) as usize;

@@ -159,6 +159,10 @@ pub fn data_bytes(req: &Req) -> usize {
             usize::from(indirect(req).nr_segments()).min(usize::from(super::MAX_INDIRECT_SEGMENTS))
                 * PAGE
         }
+        // The status page, the buffer of zeroes written where the file
+        // system cannot zero a range itself.
+        BLKIF_OP_XENRING_BLOCK_STATUS => PAGE,
+        BLKIF_OP_XENRING_WRITE_ZEROES => super::image::ZERO_CHUNK,
         _ => 0,
     }
 }
@@ -414,6 +418,9 @@ mod tests {
                 gref: 77
             })
         );
+        // Their buffers count in the device's in-flight bytes.
+        assert_eq!(data_bytes(&status(0, 1)), 4096);
+        assert_eq!(data_bytes(&zero(0, 0, 1)), crate::vbd::image::ZERO_CHUNK);
         assert!(check(&status(0, 0), &LIM).is_err());
         assert!(check(&status(1, 1000), &LIM).is_err());
         assert!(check(&status(u64::MAX, 2), &LIM).is_err());

@@ -23,7 +23,7 @@ pub use client::{ClientError, NbdClient};
 pub use handshake::{BASE_ALLOCATION, BASE_ALLOCATION_ID, MAX_OPTION};
 pub use server::{
     serve, Errno, Export, ExportInfo, Extent, Zeroes, MAX_EXTENTS, MAX_INFLIGHT_BYTES,
-    MAX_IN_FLIGHT, MAX_REQUEST,
+    MAX_IN_FLIGHT, MAX_REQUEST, WORK_CHUNK,
 };
 
 #[cfg(test)]

@@ -72,6 +72,11 @@ pub struct Extent {
     pub flags: u32,
 }
 
+/// The most data an export may hold at once for one `NBD_CMD_CACHE` or
+/// `NBD_CMD_WRITE_ZEROES` (it works through a longer range in pieces):
+/// what such a request takes from the connection's byte budget.
+pub const WORK_CHUNK: u32 = 1 << 20;
+
 /// Most extents one block status reply carries (more are cut off: the
 /// client asks again from where the reply ended).
 pub const MAX_EXTENTS: usize = 1024;
@@ -92,7 +97,8 @@ pub trait Export: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), Errno>>;
     /// Drops the data of a range (a hint; zeroes or old data may be read).
     fn trim(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>>;
-    /// Writes zeroes over a range, as `how` allows.
+    /// Writes zeroes over a range, as `how` allows (holding at most
+    /// [`WORK_CHUNK`] bytes of zeroes at a time).
     fn write_zeroes(&self, offset: u64, len: u64, how: Zeroes) -> BoxFuture<'_, Result<(), Errno>>;
     /// The allocation of `len` bytes at `offset`: consecutive extents
     /// from `offset`, together at most `len` (fewer is fine). By default
@@ -106,7 +112,8 @@ pub trait Export: Send + Sync + 'static {
             }])
         })
     }
-    /// Prefetches a range (`NBD_CMD_CACHE`); by default nothing.
+    /// Prefetches a range (`NBD_CMD_CACHE`), holding at most
+    /// [`WORK_CHUNK`] bytes at a time; by default nothing.
     fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
         let _ = (offset, len);
         Box::pin(async { Ok(()) })
@@ -234,6 +241,7 @@ async fn transmission<R: AsyncRead + Unpin>(
         let bytes = match req.kind {
             CMD_WRITE => req.length,
             CMD_READ if req.length <= MAX_REQUEST => req.length,
+            CMD_CACHE | CMD_WRITE_ZEROES => req.length.min(WORK_CHUNK),
             _ => 0,
         };
         // Taken before the payload is read, given back when the reply

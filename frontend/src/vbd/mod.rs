@@ -559,7 +559,7 @@ impl VbdExport {
 
     /// Writes zeroes as data, 1 MiB at a time.
     async fn write_zeroes_slowly(&self, offset: u64, len: u64) -> Result<(), Errno> {
-        const CHUNK: u64 = 1 << 20;
+        const CHUNK: u64 = nbd::WORK_CHUNK as u64;
         let mut at = offset;
         while at < offset + len {
             let n = (offset + len - at).min(CHUNK);
@@ -746,8 +746,8 @@ impl Export for VbdExport {
     fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
         Box::pin(async move {
             // Reading pulls the range into the backend's page cache; the
-            // data is dropped here (1 MiB at a time).
-            const CHUNK: u64 = 1 << 20;
+            // data is dropped here (a piece at a time).
+            const CHUNK: u64 = nbd::WORK_CHUNK as u64;
             let mut at = offset;
             let end = offset + u64::from(len);
             while at < end {
