@@ -158,6 +158,19 @@ async fn holes_are_seen_and_made() -> anyhow::Result<()> {
         "qemu-img map: {map:?}\n{}",
         v.logs()
     );
+    // What libnbd negotiates and reads back from the handshake.
+    let info = run("nbdinfo", &[u.clone()]).await?;
+    for want in [
+        "base:allocation",
+        "can_cache: true",
+        "can_df: true",
+        "can_fast_zero: true",
+        "can_zero: true",
+        "can_trim: true",
+        "can_multi_conn: true",
+    ] {
+        assert!(info.contains(want), "nbdinfo lacks {want:?}:\n{info}");
+    }
     let out = run("nbdinfo", &["--map".into(), u.clone()]).await?;
     let rows: Vec<Vec<&str>> = out
         .lines()
