@@ -9,7 +9,9 @@
 #      libxenvchan) for the ring.h differential test and the VM benchmark's
 #      C peer;
 #    - Debian's xenstore tools (xenstore-utils) for the xenstored tests;
-#    - qemu-utils (qemu-img, qemu-io, qemu-nbd) for the block device's
+#    - qemu-utils (qemu-img, qemu-io, qemu-nbd) and libnbd-bin (nbdinfo:
+#      the exact size of an odd-sized export, which qemu rounds up to
+#      512 bytes, and the allocation map) for the block device's
 #      real-client tests, and qemu-system-x86 for the real-Xen VM tests,
 #      both at one version from one release in one apt call (a machine may
 #      come with a backported qemu-utils that qemu-system-x86 from the
@@ -51,6 +53,7 @@ tools=(
   "qemu-img qemu-utils"
   "qemu-io qemu-utils"
   "qemu-nbd qemu-utils"
+  "nbdinfo libnbd-bin"
   "qemu-system-x86_64 qemu-system-x86"
   "ip iproute2"
   "ping iputils-ping"

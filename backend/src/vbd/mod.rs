@@ -23,6 +23,7 @@
 pub mod grants;
 pub mod image;
 pub mod inflight;
+pub mod lock;
 pub mod request;
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 use xenring::abi::blkif::{
     keys, BlkifResponse, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, VDISK_READONLY,
 };
+use xenring::abi::blkif_ext as ext;
 use xenring::ring::{RingEndpoint, RingServer};
 use xenring::xenbus::device::{BackendConn, DeviceError, DeviceInfo};
 use xenring::xenbus::paths::DeviceId;
@@ -103,6 +105,7 @@ impl VbdStats {
 #[derive(Debug, Default)]
 pub struct VbdBackend {
     stats: Arc<VbdStats>,
+    images: std::sync::Mutex<std::collections::HashMap<DeviceId, Image>>,
 }
 
 /// What the toolstack asked for: the image and its mode.
@@ -141,13 +144,27 @@ fn params_of(info: &DeviceInfo) -> Result<Params, DeviceError> {
     })
 }
 
-fn open_image(info: &DeviceInfo) -> Result<Image, DeviceError> {
-    let p = params_of(info)?;
-    Image::open(&p.path, p.readonly)
-        .map_err(|e| DeviceError::failed(format!("device {}: {e}", info.id)))
-}
-
 impl VbdBackend {
+    /// The device's image: the one it opened (and locked) before, with
+    /// its size taken again, or opened now. A device keeps its image open
+    /// from its first `features()` until it is removed, so its own
+    /// reconnections never meet its own lock.
+    fn image(&self, info: &DeviceInfo) -> Result<Image, DeviceError> {
+        let p = params_of(info)?;
+        let fail = |e: std::io::Error| DeviceError::failed(format!("device {}: {e}", info.id));
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(img) = images.get(&info.id) {
+            if img.path() == p.path && img.readonly() == p.readonly {
+                return img.refreshed().map_err(fail);
+            }
+            // Other params: the old image (and its lock) goes first.
+            images.remove(&info.id);
+        }
+        let img = Image::open(&p.path, p.readonly).map_err(fail)?;
+        images.insert(info.id.clone(), img.clone());
+        Ok(img)
+    }
+
     /// A vbd backend with zeroed counters.
     pub fn new() -> VbdBackend {
         VbdBackend::default()
@@ -165,10 +182,12 @@ impl BackendDevice for VbdBackend {
     }
 
     fn features(&self, info: &DeviceInfo) -> Result<Vec<(String, String)>, DeviceError> {
-        let img = open_image(info)?;
+        let img = self.image(info)?;
         let info_flags = if img.readonly() { VDISK_READONLY } else { 0 };
         let mut k: Vec<(String, String)> = vec![
             (keys::SECTORS.into(), img.sectors().to_string()),
+            (ext::keys::SIZE_BYTES.into(), img.size().to_string()),
+            (ext::keys::FEATURE_BLOCK_STATUS.into(), "1".into()),
             (keys::SECTOR_SIZE.into(), "512".into()),
             (keys::PHYSICAL_SECTOR_SIZE.into(), "4096".into()),
             (keys::INFO.into(), info_flags.to_string()),
@@ -191,6 +210,7 @@ impl BackendDevice for VbdBackend {
                 (keys::DISCARD_GRANULARITY.into(), "4096".into()),
                 (keys::DISCARD_ALIGNMENT.into(), "0".into()),
                 (keys::DISCARD_SECURE.into(), "0".into()),
+                (ext::keys::FEATURE_WRITE_ZEROES.into(), "1".into()),
             ]);
         }
         Ok(k)
@@ -198,8 +218,9 @@ impl BackendDevice for VbdBackend {
 
     fn connect(&self, mut conn: BackendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
         let stats = self.stats.clone();
+        let img = self.image(conn.info());
         Box::pin(async move {
-            let img = open_image(conn.info())?;
+            let img = img?;
             conn.check_protocol()?;
             let endpoints = queue_endpoints(&conn)?;
             let persistent = conn
@@ -223,6 +244,7 @@ impl BackendDevice for VbdBackend {
                     max_indirect_segments: MAX_INDIRECT_SEGMENTS,
                     readonly: img.readonly(),
                     discard: !img.readonly(),
+                    extensions: true,
                 },
                 img,
                 grants: Grants::new(conn.platform().clone(), conn.frontend(), persistent),
@@ -260,6 +282,14 @@ impl BackendDevice for VbdBackend {
             );
             result
         })
+    }
+
+    fn removed(&self, id: &DeviceId) {
+        // Closes the image (its locks go) once the last request let go.
+        self.images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 }
 
@@ -384,6 +414,48 @@ impl From<Reject> for Failure {
 }
 
 impl Ctx {
+    /// Writes the allocation of `nr_sectors` from `sector` into page
+    /// `gref` (at most `MAX_EXTENTS`, in whole sectors: a partly
+    /// allocated sector counts as data).
+    async fn block_status(&self, sector: u64, nr_sectors: u64, gref: u32) -> Result<(), Failure> {
+        let io = |what: &str, e: &dyn std::fmt::Display| Failure::Io(format!("{what}: {e}"));
+        let bytes = self
+            .img
+            .block_status(sector * 512, nr_sectors * 512, ext::MAX_EXTENTS)
+            .await
+            .map_err(|e| io("block status", &e))?;
+        let mut extents: Vec<ext::Extent> = Vec::new();
+        let (mut pos, mut done) = (0u64, 0u64);
+        for (len, hole) in bytes {
+            pos += len;
+            let end = if hole { pos / 512 } else { pos.div_ceil(512) };
+            if end <= done {
+                continue;
+            }
+            let flags = if hole {
+                ext::EXTENT_HOLE | ext::EXTENT_ZERO
+            } else {
+                0
+            };
+            match extents.last_mut() {
+                Some(last) if last.flags == flags => last.sectors += end - done,
+                _ => extents.push(ext::Extent {
+                    sectors: end - done,
+                    flags,
+                }),
+            }
+            done = end;
+        }
+        let mut page = vec![0u8; 4096];
+        ext::encode_extents(&mut page, &extents).map_err(|e| io("block status", &e))?;
+        let pages = self
+            .grants
+            .pages(&[gref], true)
+            .map_err(|e| io("mapping the status page", &e))?;
+        pages[0].write(0, &page);
+        Ok(())
+    }
+
     async fn handle(&self, req: Req) -> Rsp {
         let (id, op) = (req.id(), req.operation());
         let status = match self.serve(&req).await {
@@ -429,6 +501,29 @@ impl Ctx {
                     .await
                     .map_err(|e| io("discard", &e));
             }
+            Checked::WriteZeroes {
+                sector,
+                nr_sectors,
+                unmap,
+                fast,
+            } => {
+                self.stats.discards.fetch_add(1, Ordering::Relaxed);
+                return match self
+                    .img
+                    .write_zeroes(sector * 512, nr_sectors * 512, unmap, fast)
+                    .await
+                {
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Err(Failure::Reject(
+                        Reject::Unsupported(ext::BLKIF_OP_XENRING_WRITE_ZEROES),
+                    )),
+                    r => r.map_err(|e| io("write zeroes", &e)),
+                };
+            }
+            Checked::BlockStatus {
+                sector,
+                nr_sectors,
+                gref,
+            } => return self.block_status(sector, nr_sectors, gref).await,
             Checked::Rw {
                 write,
                 sector,

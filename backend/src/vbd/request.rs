@@ -12,6 +12,10 @@ use xenring::abi::blkif::{
     BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE,
     BLKIF_OP_WRITE_BARRIER, SEGS_PER_INDIRECT_FRAME,
 };
+use xenring::abi::blkif_ext::{
+    BlkifRequestStatus, BLKIF_OP_XENRING_BLOCK_STATUS, BLKIF_OP_XENRING_WRITE_ZEROES, ZERO_FAST,
+    ZERO_MAY_UNMAP,
+};
 use xenring::platform::GrantRef;
 
 /// Sectors (of 512 bytes) in a page.
@@ -31,6 +35,9 @@ pub struct Limits {
     pub readonly: bool,
     /// Discard is offered.
     pub discard: bool,
+    /// xenring's write-zeroes and block-status operations are offered
+    /// (`xenring::abi::blkif_ext`).
+    pub extensions: bool,
 }
 
 /// Why a request is refused.
@@ -86,6 +93,27 @@ pub enum Checked {
         /// Number of sectors.
         nr_sectors: u64,
     },
+    /// Zero `nr_sectors` from `sector` (xenring extension).
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        nr_sectors: u64,
+        /// The range may be deallocated.
+        unmap: bool,
+        /// Fail with `BLKIF_RSP_EOPNOTSUPP` rather than be slow.
+        fast: bool,
+    },
+    /// Report the allocation of `nr_sectors` from `sector` into page
+    /// `gref` (xenring extension).
+    BlockStatus {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors (nonzero).
+        nr_sectors: u64,
+        /// The page to write the extents into.
+        gref: GrantRef,
+    },
 }
 
 /// Checks the segments of a read/write and the disk range they cover.
@@ -131,6 +159,10 @@ pub fn data_bytes(req: &Req) -> usize {
             usize::from(indirect(req).nr_segments()).min(usize::from(super::MAX_INDIRECT_SEGMENTS))
                 * PAGE
         }
+        // The status page, the buffer of zeroes written where the file
+        // system cannot zero a range itself.
+        BLKIF_OP_XENRING_BLOCK_STATUS => PAGE,
+        BLKIF_OP_XENRING_WRITE_ZEROES => super::image::ZERO_CHUNK,
         _ => 0,
     }
 }
@@ -140,7 +172,7 @@ pub fn check(req: &Req, limits: &Limits) -> Result<Checked, Reject> {
     let op = req.operation();
     let write_op = matches!(
         op,
-        BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_DISCARD
+        BLKIF_OP_WRITE | BLKIF_OP_WRITE_BARRIER | BLKIF_OP_DISCARD | BLKIF_OP_XENRING_WRITE_ZEROES
     ) || (op == BLKIF_OP_INDIRECT && indirect(req).indirect_op() == BLKIF_OP_WRITE);
     if write_op && limits.readonly {
         return Err(invalid(format!("operation {op}: the image is read-only")));
@@ -204,6 +236,32 @@ pub fn check(req: &Req, limits: &Limits) -> Result<Checked, Reject> {
                 pages,
             })
         }
+        BLKIF_OP_XENRING_WRITE_ZEROES if limits.extensions => {
+            let d = BlkifRequestDiscard::new_unchecked(req.into_inner());
+            let flag = d.flag();
+            if flag & !(ZERO_MAY_UNMAP | ZERO_FAST) != 0 {
+                return Err(invalid(format!("write-zeroes flags {flag:#x}")));
+            }
+            check_range(d.sector_number(), d.nr_sectors(), limits)?;
+            Ok(Checked::WriteZeroes {
+                sector: d.sector_number(),
+                nr_sectors: d.nr_sectors(),
+                unmap: flag & ZERO_MAY_UNMAP != 0,
+                fast: flag & ZERO_FAST != 0,
+            })
+        }
+        BLKIF_OP_XENRING_BLOCK_STATUS if limits.extensions => {
+            let r = BlkifRequestStatus::new_unchecked(req.into_inner());
+            if r.nr_sectors() == 0 {
+                return Err(invalid("block status of 0 sectors"));
+            }
+            check_range(r.sector_number(), r.nr_sectors(), limits)?;
+            Ok(Checked::BlockStatus {
+                sector: r.sector_number(),
+                nr_sectors: r.nr_sectors(),
+                gref: r.gref(),
+            })
+        }
         other => Err(Reject::Unsupported(other)),
     }
 }
@@ -245,6 +303,7 @@ mod tests {
         max_indirect_segments: 256,
         readonly: false,
         discard: true,
+        extensions: true,
     };
 
     fn rw(op: u8, sector: u64, segs: &[(u8, u8)]) -> Req {
@@ -306,6 +365,66 @@ mod tests {
         let r = Req::new_unchecked(d.into_inner());
         assert!(check(&r, &ro).is_err());
         assert!(check(&r, &LIM).is_ok());
+    }
+
+    #[test]
+    fn xenring_extensions_are_checked() {
+        use xenring::abi::blkif_ext::*;
+        let zero = |flag: u8, sector: u64, n: u64| {
+            let mut d = BlkifRequestDiscard::new_unchecked([0u8; 112]);
+            d.set_operation(BLKIF_OP_XENRING_WRITE_ZEROES);
+            d.set_flag(flag);
+            d.set_sector_number(sector);
+            d.set_nr_sectors(n);
+            Req::new_unchecked(d.into_inner())
+        };
+        assert_eq!(
+            check(&zero(ZERO_MAY_UNMAP, 8, 8), &LIM),
+            Ok(Checked::WriteZeroes {
+                sector: 8,
+                nr_sectors: 8,
+                unmap: true,
+                fast: false
+            })
+        );
+        assert!(check(&zero(4, 8, 8), &LIM).is_err(), "unknown flag");
+        assert!(check(&zero(0, 999, 2), &LIM).is_err(), "past the end");
+        let ro = Limits {
+            readonly: true,
+            ..LIM
+        };
+        assert!(check(&zero(0, 0, 1), &ro).is_err(), "read-only");
+        let plain = Limits {
+            extensions: false,
+            ..LIM
+        };
+        assert_eq!(
+            check(&zero(0, 0, 1), &plain),
+            Err(Reject::Unsupported(BLKIF_OP_XENRING_WRITE_ZEROES))
+        );
+        let status = |sector: u64, n: u64| {
+            let mut r = BlkifRequestStatus::new_unchecked([0u8; 112]);
+            r.set_sector_number(sector);
+            r.set_nr_sectors(n);
+            r.set_gref(77);
+            r.set_operation(BLKIF_OP_XENRING_BLOCK_STATUS);
+            Req::new_unchecked(r.into_inner())
+        };
+        assert_eq!(
+            check(&status(0, 1000), &ro),
+            Ok(Checked::BlockStatus {
+                sector: 0,
+                nr_sectors: 1000,
+                gref: 77
+            })
+        );
+        // Their buffers count in the device's in-flight bytes.
+        assert_eq!(data_bytes(&status(0, 1)), 4096);
+        assert_eq!(data_bytes(&zero(0, 0, 1)), crate::vbd::image::ZERO_CHUNK);
+        assert!(check(&status(0, 0), &LIM).is_err());
+        assert!(check(&status(1, 1000), &LIM).is_err());
+        assert!(check(&status(u64::MAX, 2), &LIM).is_err());
+        assert!(check(&status(0, 1), &plain).is_err());
     }
 
     #[test]

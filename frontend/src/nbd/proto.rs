@@ -12,6 +12,26 @@ pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of a structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+/// Structured reply flag: the last chunk of its reply.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+/// Chunk type: nothing (success, with `DONE`).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Chunk type: u64 offset, then data.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Chunk type: u64 offset, u32 length of zeroes.
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Chunk type: u32 context id, then (u32 length, u32 flags) extents.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Chunk type: u32 error, u16 message length, message.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// `base:allocation` extent flag: not allocated.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` extent flag: reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
 
 /// Handshake flag: fixed newstyle.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
@@ -34,6 +54,12 @@ pub const OPT_STARTTLS: u32 = 5;
 pub const OPT_INFO: u32 = 6;
 /// Option: describe an export and enter transmission.
 pub const OPT_GO: u32 = 7;
+/// Option: use structured replies in the transmission phase.
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option: list the metadata contexts a query selects.
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// Option: select the metadata contexts for `NBD_CMD_BLOCK_STATUS`.
+pub const OPT_SET_META_CONTEXT: u32 = 10;
 
 /// Option reply: done.
 pub const REP_ACK: u32 = 1;
@@ -41,12 +67,16 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Option reply: one `NBD_INFO_*` item.
 pub const REP_INFO: u32 = 3;
+/// Option reply: one metadata context (id and name).
+pub const REP_META_CONTEXT: u32 = 4;
 /// Option reply error: unknown option.
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 /// Option reply error: refused by policy.
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 /// Option reply error: malformed option.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// Option reply error: no export of that name.
+pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 /// Option reply error: the server is going away.
 pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
 
@@ -67,9 +97,16 @@ pub const FLAG_SEND_FUA: u16 = 1 << 3;
 pub const FLAG_SEND_TRIM: u16 = 1 << 5;
 /// Transmission flag: `NBD_CMD_WRITE_ZEROES` served.
 pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Transmission flag: `NBD_CMD_FLAG_DF` honoured on reads (structured
+/// replies only).
+pub const FLAG_SEND_DF: u16 = 1 << 7;
 /// Transmission flag: several connections see one consistent disk
 /// (a flush on one covers writes answered on all).
 pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// Transmission flag: `NBD_CMD_CACHE` served.
+pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+/// Transmission flag: `NBD_CMD_FLAG_FAST_ZERO` honoured.
+pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 
 /// Command: read.
 pub const CMD_READ: u16 = 0;
@@ -81,10 +118,25 @@ pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
 /// Command: trim (discard).
 pub const CMD_TRIM: u16 = 4;
+/// Command: prefetch a range.
+pub const CMD_CACHE: u16 = 5;
 /// Command: write zeroes.
 pub const CMD_WRITE_ZEROES: u16 = 6;
-/// Command flag: force unit access (durable before the reply).
-pub const CMD_FLAG_FUA: u16 = 1;
+/// Command: report the status of a range in the selected metadata
+/// contexts.
+pub const CMD_BLOCK_STATUS: u16 = 7;
+/// Command flag: force unit access (durable before the reply). Valid on
+/// every command once `NBD_FLAG_SEND_FUA` was advertised.
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// Command flag (`NBD_CMD_WRITE_ZEROES`): do not deallocate.
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag (`NBD_CMD_READ`, structured replies): one content chunk.
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag (`NBD_CMD_BLOCK_STATUS`): one extent is enough.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag (`NBD_CMD_WRITE_ZEROES`): fail with `ENOTSUP` rather than
+/// be slow.
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 /// Error: operation not permitted (a write to a read-only export).
 pub const EPERM: u32 = 1;
@@ -96,6 +148,8 @@ pub const ENOMEM: u32 = 12;
 pub const EINVAL: u32 = 22;
 /// Error: write past the end.
 pub const ENOSPC: u32 = 28;
+/// Error: a value too large for its field (a read with `DF` too long).
+pub const EOVERFLOW: u32 = 75;
 /// Error: command not supported.
 pub const ENOTSUP: u32 = 95;
 /// Error: the server is shutting down.

@@ -1,21 +1,22 @@
-//! The server side of NBD over any byte stream: fixed newstyle
-//! handshake, then the transmission phase with simple replies. Requests
-//! are handled concurrently and answered as they complete; one writer task
-//! sends the replies, so a reply and its data are never interleaved with
-//! another's.
+//! The transmission phase of the NBD server (the handshake is in
+//! `handshake.rs`): requests are handled concurrently and answered as they
+//! complete; one writer task sends the replies, so a reply and its data
+//! are never interleaved with another's. Replies are simple, or
+//! structured once negotiated: a read is then one `OFFSET_DATA` chunk (so
+//! `NBD_CMD_FLAG_DF` always holds), an error one `ERROR` chunk with a
+//! message, a block status one `BLOCK_STATUS` chunk; other commands keep
+//! simple replies (the protocol allows it).
 //!
 //! Memory per connection is bounded: at most [`MAX_IN_FLIGHT`] requests
 //! and [`MAX_INFLIGHT_BYTES`] of their data (a write's payload, a read's
 //! reply) are held at once, from before a write's payload is read until
 //! its reply has been written to the client. A client that sends requests
 //! and never reads the replies fills that, and then the server reads no
-//! more requests from it (as qemu-nbd does).
+//! more requests from it (as qemu-nbd does). A block status reply holds
+//! at most [`MAX_EXTENTS`] extents.
 //!
 //! ```text
-//!   S: NBDMAGIC IHAVEOPT flags          C: client flags
-//!   C: IHAVEOPT opt len data ...        S: replies (INFO, ACK, errors)
-//!   ... until GO / EXPORT_NAME (transmission) or ABORT (close)
-//!   C: request [data]                   S: simple reply [data]   (any order)
+//!   C: request [data]                   S: reply [data]   (any order)
 //!   C: DISC -> in-flight requests finish, then the connection closes
 //! ```
 
@@ -26,6 +27,7 @@ use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use super::handshake::{handshake, proto_err, Session};
 use super::proto::*;
 
 /// Requests of one connection handled at once.
@@ -47,7 +49,37 @@ pub struct ExportInfo {
     pub flush: bool,
     /// `NBD_CMD_TRIM` is served.
     pub trim: bool,
+    /// `NBD_CMD_WRITE_ZEROES` can be fast (`NBD_CMD_FLAG_FAST_ZERO`).
+    pub fast_zero: bool,
 }
+
+/// How `NBD_CMD_WRITE_ZEROES` may zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Zeroes {
+    /// The range may be deallocated (no `NBD_CMD_FLAG_NO_HOLE`).
+    pub may_trim: bool,
+    /// Fail with `ENOTSUP` rather than be slow
+    /// (`NBD_CMD_FLAG_FAST_ZERO`).
+    pub fast: bool,
+}
+
+/// One extent of a block status reply (`base:allocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Bytes (nonzero).
+    pub length: u32,
+    /// `NBD_STATE_HOLE` | `NBD_STATE_ZERO`, or 0 (data).
+    pub flags: u32,
+}
+
+/// The most data an export may hold at once for one `NBD_CMD_CACHE` or
+/// `NBD_CMD_WRITE_ZEROES` (it works through a longer range in pieces):
+/// what such a request takes from the connection's byte budget.
+pub const WORK_CHUNK: u32 = 1 << 20;
+
+/// Most extents one block status reply carries (more are cut off: the
+/// client asks again from where the reply ended).
+pub const MAX_EXTENTS: usize = 1024;
 
 /// An NBD error code (`EIO`, `EPERM`, ...; see [`super::proto`]).
 pub type Errno = u32;
@@ -65,158 +97,33 @@ pub trait Export: Send + Sync + 'static {
     fn flush(&self) -> BoxFuture<'_, Result<(), Errno>>;
     /// Drops the data of a range (a hint; zeroes or old data may be read).
     fn trim(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>>;
-    /// Writes zeroes over a range.
-    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>>;
-}
-
-fn proto_err(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
-
-async fn option_reply<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    opt: u32,
-    kind: u32,
-    data: &[u8],
-) -> io::Result<()> {
-    let mut b = Vec::with_capacity(20 + data.len());
-    b.extend_from_slice(&REPLY_MAGIC.to_be_bytes());
-    b.extend_from_slice(&opt.to_be_bytes());
-    b.extend_from_slice(&kind.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    w.write_all(&b).await
-}
-
-fn transmission_flags(i: &ExportInfo) -> u16 {
-    let mut f = FLAG_HAS_FLAGS | FLAG_CAN_MULTI_CONN;
-    if i.readonly {
-        f |= FLAG_READ_ONLY;
-    } else {
-        f |= FLAG_SEND_WRITE_ZEROES;
-        if i.trim {
-            f |= FLAG_SEND_TRIM;
-        }
+    /// Writes zeroes over a range, as `how` allows (holding at most
+    /// [`WORK_CHUNK`] bytes of zeroes at a time).
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroes) -> BoxFuture<'_, Result<(), Errno>>;
+    /// The allocation of `len` bytes at `offset`: consecutive extents
+    /// from `offset`, together at most `len` (fewer is fine). By default
+    /// all data.
+    fn block_status(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<Extent>, Errno>> {
+        let _ = offset;
+        Box::pin(async move {
+            Ok(vec![Extent {
+                length: len,
+                flags: 0,
+            }])
+        })
     }
-    if i.flush {
-        f |= FLAG_SEND_FLUSH | FLAG_SEND_FUA;
-    }
-    f
-}
-
-/// Runs the handshake; `Ok(Some(info))` when the client entered
-/// transmission, `Ok(None)` when it aborted.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    export: &dyn Export,
-) -> io::Result<Option<ExportInfo>> {
-    let mut hello = Vec::with_capacity(18);
-    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-    s.write_all(&hello).await?;
-    let cflags = s.read_u32().await?;
-    if cflags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
-        return Err(proto_err(format!("unknown client flags {cflags:#x}")));
-    }
-    let no_zeroes = cflags & FLAG_C_NO_ZEROES != 0;
-    loop {
-        if s.read_u64().await? != IHAVEOPT {
-            return Err(proto_err("option without IHAVEOPT"));
-        }
-        let opt = s.read_u32().await?;
-        let len = s.read_u32().await?;
-        if len > 64 << 10 {
-            return Err(proto_err(format!("option {opt} of {len} bytes")));
-        }
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data).await?;
-        match opt {
-            OPT_EXPORT_NAME => {
-                let Ok(info) = export.info().await else {
-                    return Err(proto_err("export unavailable"));
-                };
-                let mut b = Vec::with_capacity(134);
-                b.extend_from_slice(&info.size.to_be_bytes());
-                b.extend_from_slice(&transmission_flags(&info).to_be_bytes());
-                if !no_zeroes {
-                    b.extend_from_slice(&[0u8; 124]);
-                }
-                s.write_all(&b).await?;
-                return Ok(Some(info));
-            }
-            OPT_ABORT => {
-                option_reply(s, opt, REP_ACK, &[]).await?;
-                return Ok(None);
-            }
-            OPT_LIST => {
-                if len != 0 {
-                    option_reply(s, opt, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data").await?;
-                    continue;
-                }
-                option_reply(s, opt, REP_SERVER, &0u32.to_be_bytes()).await?;
-                option_reply(s, opt, REP_ACK, &[]).await?;
-            }
-            OPT_INFO | OPT_GO => {
-                // u32 name length, name, u16 count, count x u16.
-                let parsed = (|| {
-                    let nl = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
-                    let rest = data.get(4 + nl..)?;
-                    let n = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
-                    let items = rest.get(2..2 + 2 * n)?;
-                    if rest.len() != 2 + 2 * n {
-                        return None;
-                    }
-                    Some(
-                        items
-                            .chunks(2)
-                            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                            .collect::<Vec<_>>(),
-                    )
-                })();
-                let Some(wanted) = parsed else {
-                    option_reply(s, opt, REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO").await?;
-                    continue;
-                };
-                let info = match export.info().await {
-                    Ok(i) => i,
-                    Err(_) => {
-                        option_reply(s, opt, REP_ERR_SHUTDOWN, b"export unavailable").await?;
-                        continue;
-                    }
-                };
-                let mut e = Vec::with_capacity(12);
-                e.extend_from_slice(&INFO_EXPORT.to_be_bytes());
-                e.extend_from_slice(&info.size.to_be_bytes());
-                e.extend_from_slice(&transmission_flags(&info).to_be_bytes());
-                option_reply(s, opt, REP_INFO, &e).await?;
-                if wanted.contains(&INFO_BLOCK_SIZE) {
-                    // Any alignment works (unaligned writes are
-                    // read-modify-write below); 4 KiB is best.
-                    let mut b = Vec::with_capacity(14);
-                    b.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
-                    b.extend_from_slice(&1u32.to_be_bytes());
-                    b.extend_from_slice(&4096u32.to_be_bytes());
-                    b.extend_from_slice(&MAX_REQUEST.to_be_bytes());
-                    option_reply(s, opt, REP_INFO, &b).await?;
-                }
-                option_reply(s, opt, REP_ACK, &[]).await?;
-                if opt == OPT_GO {
-                    return Ok(Some(info));
-                }
-            }
-            OPT_STARTTLS => {
-                option_reply(s, opt, REP_ERR_POLICY, b"no TLS on a local export").await?;
-            }
-            _ => option_reply(s, opt, REP_ERR_UNSUP, &[]).await?,
-        }
+    /// Prefetches a range (`NBD_CMD_CACHE`), holding at most
+    /// [`WORK_CHUNK`] bytes at a time; by default nothing.
+    fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
+        let _ = (offset, len);
+        Box::pin(async { Ok(()) })
     }
 }
 
 /// One reply for the writer task, with the share of the connection's
 /// bounds its request took (given back once the reply is written).
 struct Reply {
-    head: [u8; 16],
+    head: Vec<u8>,
     data: Option<Vec<u8>>,
     _held: Held,
 }
@@ -273,7 +180,7 @@ where
 {
     let (r, w) = tokio::io::split(stream);
     let mut both = tokio::io::join(r, w);
-    let Some(info) = handshake(&mut both, export.as_ref()).await? else {
+    let Some(session) = handshake(&mut both, export.as_ref()).await? else {
         return Ok(());
     };
     let (r, w) = both.into_inner();
@@ -298,7 +205,7 @@ where
         w.shutdown().await
     });
     let bounds = Bounds::new();
-    let result = transmission(r, &tx, &bounds, &export, info).await;
+    let result = transmission(r, &tx, &bounds, &export, session).await;
     // Let what is in flight finish and the writer drain, then stop.
     drop(tx);
     let wrote = writer
@@ -312,7 +219,7 @@ async fn transmission<R: AsyncRead + Unpin>(
     tx: &mpsc::UnboundedSender<Reply>,
     bounds: &Bounds,
     export: &Arc<dyn Export>,
-    info: ExportInfo,
+    session: Session,
 ) -> io::Result<()> {
     loop {
         let mut head = [0u8; Request::SIZE];
@@ -334,6 +241,7 @@ async fn transmission<R: AsyncRead + Unpin>(
         let bytes = match req.kind {
             CMD_WRITE => req.length,
             CMD_READ if req.length <= MAX_REQUEST => req.length,
+            CMD_CACHE | CMD_WRITE_ZEROES => req.length.min(WORK_CHUNK),
             _ => 0,
         };
         // Taken before the payload is read, given back when the reply
@@ -348,43 +256,188 @@ async fn transmission<R: AsyncRead + Unpin>(
         let export = export.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let reply = handle(export.as_ref(), &info, req, data, held).await;
+            let reply = handle(export.as_ref(), &session, req, data, held).await;
             let _ = tx.send(reply);
         });
     }
 }
 
+/// What a request's reply carries.
+enum Out {
+    /// Nothing (success).
+    Done,
+    /// A read's data.
+    Data(Vec<u8>),
+    /// A block status's extents (`base:allocation`).
+    Extents(Vec<Extent>),
+}
+
+/// A structured reply chunk's header.
+fn chunk(flags: u16, kind: u16, handle: u64, length: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + 16);
+    b.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&flags.to_be_bytes());
+    b.extend_from_slice(&kind.to_be_bytes());
+    b.extend_from_slice(&handle.to_be_bytes());
+    b.extend_from_slice(&length.to_be_bytes());
+    b
+}
+
+/// What an error says to a person (structured replies carry it).
+fn errno_message(e: Errno) -> &'static str {
+    match e {
+        EPERM => "the export is read-only",
+        EINVAL => "invalid request: command, flags, range or length",
+        ENOSPC => "write past the end of the export",
+        ENOTSUP => "not supported here",
+        ESHUTDOWN => "the device is going away",
+        EOVERFLOW => "too long",
+        _ => "I/O error",
+    }
+}
+
 async fn handle(
     export: &dyn Export,
-    info: &ExportInfo,
+    session: &Session,
     req: Request,
     data: Option<Vec<u8>>,
     held: Held,
 ) -> Reply {
-    let res = run(export, info, &req, data).await;
-    match res {
-        Ok(d) => Reply {
-            head: simple_reply(0, req.handle),
-            data: d,
-            _held: held,
+    let res = run(export, session, &req, data).await;
+    let structured = session.structured && matches!(req.kind, CMD_READ | CMD_BLOCK_STATUS);
+    let (head, data) = match res {
+        Ok(out) if !structured => match out {
+            Out::Data(d) => (simple_reply(0, req.handle).to_vec(), Some(d)),
+            _ => (simple_reply(0, req.handle).to_vec(), None),
         },
-        Err(e) => Reply {
-            head: simple_reply(e, req.handle),
-            data: None,
-            _held: held,
-        },
+        Err(e) if !structured => (simple_reply(e, req.handle).to_vec(), None),
+        Ok(Out::Data(d)) if !d.is_empty() => {
+            let mut h = chunk(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                req.handle,
+                8 + d.len() as u32,
+            );
+            h.extend_from_slice(&req.offset.to_be_bytes());
+            (h, Some(d))
+        }
+        Ok(Out::Extents(ext)) => {
+            let id = session.base_allocation.unwrap_or_default();
+            let mut h = chunk(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_BLOCK_STATUS,
+                req.handle,
+                4 + 8 * ext.len() as u32,
+            );
+            h.extend_from_slice(&id.to_be_bytes());
+            for e in ext {
+                h.extend_from_slice(&e.length.to_be_bytes());
+                h.extend_from_slice(&e.flags.to_be_bytes());
+            }
+            (h, None)
+        }
+        Ok(_) => (chunk(REPLY_FLAG_DONE, REPLY_TYPE_NONE, req.handle, 0), None),
+        Err(e) => {
+            let msg = errno_message(e).as_bytes();
+            let mut h = chunk(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR,
+                req.handle,
+                6 + msg.len() as u32,
+            );
+            h.extend_from_slice(&e.to_be_bytes());
+            h.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            h.extend_from_slice(msg);
+            (h, None)
+        }
+    };
+    Reply {
+        head,
+        data,
+        _held: held,
     }
+}
+
+/// The extents an export answered, made safe to send: nonzero, together
+/// at most `len` (the last one cut), at most [`MAX_EXTENTS`] (one with
+/// `REQ_ONE`). An export that answered nothing usable gets `EIO`.
+fn clip_extents(ext: Vec<Extent>, len: u32, one: bool) -> Result<Vec<Extent>, Errno> {
+    let max = if one { 1 } else { MAX_EXTENTS };
+    let mut left = len;
+    let mut out = Vec::new();
+    for e in ext {
+        if left == 0 || out.len() == max {
+            break;
+        }
+        if e.length == 0 {
+            continue;
+        }
+        let n = e.length.min(left);
+        out.push(Extent {
+            length: n,
+            flags: e.flags,
+        });
+        left -= n;
+    }
+    if out.is_empty() {
+        return Err(EIO);
+    }
+    Ok(out)
+}
+
+/// The command flags a request of `kind` may carry once the transmission
+/// flags `tflags` were advertised (the NBD protocol, "Command flags"):
+/// FUA on any command once `NBD_FLAG_SEND_FUA` is set; `NO_HOLE` and
+/// `FAST_ZERO` (if advertised) on WRITE_ZEROES; `DF` on READ (if
+/// advertised); `REQ_ONE` on BLOCK_STATUS. Anything else is `EINVAL`.
+fn valid_flags(kind: u16, tflags: u16) -> u16 {
+    let mut ok = 0;
+    if tflags & FLAG_SEND_FUA != 0 {
+        ok |= CMD_FLAG_FUA;
+    }
+    match kind {
+        CMD_READ if tflags & FLAG_SEND_DF != 0 => ok |= CMD_FLAG_DF,
+        CMD_WRITE_ZEROES => {
+            ok |= CMD_FLAG_NO_HOLE;
+            if tflags & FLAG_SEND_FAST_ZERO != 0 {
+                ok |= CMD_FLAG_FAST_ZERO;
+            }
+        }
+        CMD_BLOCK_STATUS => ok |= CMD_FLAG_REQ_ONE,
+        _ => {}
+    }
+    ok
+}
+
+/// Whether the transmission flags `tflags` offer command `kind` (READ,
+/// WRITE and DISC are always there).
+fn offered(kind: u16, tflags: u16) -> bool {
+    let need = match kind {
+        CMD_READ | CMD_WRITE | CMD_DISC => return true,
+        CMD_FLUSH => FLAG_SEND_FLUSH,
+        CMD_TRIM => FLAG_SEND_TRIM,
+        CMD_WRITE_ZEROES => FLAG_SEND_WRITE_ZEROES,
+        CMD_CACHE => FLAG_SEND_CACHE,
+        _ => return false,
+    };
+    tflags & need != 0
 }
 
 async fn run(
     export: &dyn Export,
-    info: &ExportInfo,
+    session: &Session,
     req: &Request,
     data: Option<Vec<u8>>,
-) -> Result<Option<Vec<u8>>, Errno> {
+) -> Result<Out, Errno> {
+    let info = &session.info;
     let writes = matches!(req.kind, CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES);
     if writes && info.readonly {
         return Err(EPERM);
+    }
+    let tflags = session.tflags;
+    let status = req.kind == CMD_BLOCK_STATUS && session.base_allocation.is_some();
+    if !(offered(req.kind, tflags) || status) || req.flags & !valid_flags(req.kind, tflags) != 0 {
+        return Err(EINVAL);
     }
     let in_bounds = req
         .offset
@@ -396,7 +449,9 @@ async fn run(
             if !in_bounds || req.length > MAX_REQUEST {
                 return Err(EINVAL);
             }
-            Ok(Some(export.read(req.offset, req.length as usize).await?))
+            Ok(Out::Data(
+                export.read(req.offset, req.length as usize).await?,
+            ))
         }
         CMD_WRITE | CMD_WRITE_ZEROES | CMD_TRIM => {
             if !in_bounds {
@@ -405,8 +460,12 @@ async fn run(
             match (req.kind, data) {
                 (CMD_WRITE, Some(d)) => export.write(req.offset, d).await?,
                 (CMD_WRITE_ZEROES, _) => {
+                    let how = Zeroes {
+                        may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
+                        fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
+                    };
                     export
-                        .write_zeroes(req.offset, u64::from(req.length))
+                        .write_zeroes(req.offset, u64::from(req.length), how)
                         .await?
                 }
                 _ => export.trim(req.offset, u64::from(req.length)).await?,
@@ -414,9 +473,26 @@ async fn run(
             if fua {
                 export.flush().await?;
             }
-            Ok(None)
+            Ok(Out::Done)
         }
-        CMD_FLUSH => export.flush().await.map(|_| None),
+        CMD_FLUSH => export.flush().await.map(|_| Out::Done),
+        CMD_CACHE => {
+            if !in_bounds {
+                return Err(EINVAL);
+            }
+            export
+                .cache(req.offset, req.length)
+                .await
+                .map(|_| Out::Done)
+        }
+        CMD_BLOCK_STATUS => {
+            if !in_bounds || req.length == 0 {
+                return Err(EINVAL);
+            }
+            let ext = export.block_status(req.offset, req.length).await?;
+            let one = req.flags & CMD_FLAG_REQ_ONE != 0;
+            clip_extents(ext, req.length, one).map(Out::Extents)
+        }
         _ => Err(EINVAL),
     }
 }

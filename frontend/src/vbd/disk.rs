@@ -17,8 +17,9 @@ use tokio::sync::Semaphore;
 use xenring::abi::blkif::{
     BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifResponse, BlkifSegment,
     BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
-    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_OKAY, SEGS_PER_INDIRECT_FRAME,
+    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_OKAY, SEGS_PER_INDIRECT_FRAME,
 };
+use xenring::abi::blkif_ext as ext;
 use xenring::platform::SharedPages;
 use xenring::ring::{AsyncRingError, RingClient};
 
@@ -37,9 +38,12 @@ pub enum DiskError {
     /// next connection.
     #[error(transparent)]
     Ring(#[from] AsyncRingError),
-    /// Not offered by the backend.
+    /// Not offered by the backend (or refused as not supported).
     #[error("not supported by the backend")]
     Unsupported,
+    /// The backend answered something that breaks the protocol.
+    #[error("bad answer from the backend: {0}")]
+    Invalid(String),
 }
 
 /// Granted pages of one queue, handed out page by page.
@@ -126,6 +130,9 @@ pub struct Queue {
 pub struct Geometry {
     /// Size in 512-byte sectors (checked: `sectors * 512` fits in a u64).
     pub sectors: u64,
+    /// Size in bytes: `sectors * 512`, or less when the backend published
+    /// `xenring-size-bytes` (the last sector is partial).
+    pub size: u64,
     /// `VDISK_READONLY`.
     pub readonly: bool,
     /// `feature-flush-cache`.
@@ -134,6 +141,10 @@ pub struct Geometry {
     pub discard: bool,
     /// `feature-max-indirect-segments` (0: none).
     pub indirect_segments: usize,
+    /// `feature-xenring-write-zeroes`.
+    pub write_zeroes: bool,
+    /// `feature-xenring-block-status`.
+    pub block_status: bool,
 }
 
 /// A connected disk.
@@ -176,8 +187,64 @@ impl Disk {
         let rsp = q.ring.call(req).await?;
         match rsp.status() {
             BLKIF_RSP_OKAY => Ok(()),
+            BLKIF_RSP_EOPNOTSUPP => Err(DiskError::Unsupported),
             s => Err(DiskError::Status(s)),
         }
+    }
+
+    /// Zeroes `count` sectors from `sector` (xenring extension):
+    /// deallocating them if `unmap`; `fast`: `Unsupported` rather than
+    /// slow.
+    pub async fn write_zeroes(
+        &self,
+        sector: u64,
+        count: u64,
+        unmap: bool,
+        fast: bool,
+    ) -> Result<(), DiskError> {
+        if !self.geometry.write_zeroes {
+            return Err(DiskError::Unsupported);
+        }
+        let mut d = BlkifRequestDiscard::new_unchecked([0u8; 112]);
+        d.set_operation(ext::BLKIF_OP_XENRING_WRITE_ZEROES);
+        let mut flag = 0;
+        if unmap {
+            flag |= ext::ZERO_MAY_UNMAP;
+        }
+        if fast {
+            flag |= ext::ZERO_FAST;
+        }
+        d.set_flag(flag);
+        d.set_sector_number(sector);
+        d.set_nr_sectors(count);
+        let q = self.queue();
+        self.call(q, Req::new_unchecked(d.into_inner())).await
+    }
+
+    /// The allocation of `count` sectors from `sector` (xenring
+    /// extension): consecutive extents from `sector`, together at most
+    /// `count` (maybe fewer; checked, the backend is not trusted).
+    pub async fn block_status(
+        &self,
+        sector: u64,
+        count: u64,
+    ) -> Result<Vec<ext::Extent>, DiskError> {
+        if !self.geometry.block_status {
+            return Err(DiskError::Unsupported);
+        }
+        let q = self.queue();
+        let taken = q.pool.take(1).await;
+        let page = taken.pages[0];
+        let mut r = ext::BlkifRequestStatus::new_unchecked([0u8; 112]);
+        r.set_operation(ext::BLKIF_OP_XENRING_BLOCK_STATUS);
+        r.set_sector_number(sector);
+        r.set_nr_sectors(count);
+        r.set_gref(q.pool.gref(page));
+        self.call(q, Req::new_unchecked(r.into_inner())).await?;
+        let mut buf = vec![0u8; 4096];
+        q.pool.read(page, 0, &mut buf);
+        drop(taken);
+        ext::decode_extents(&buf, count).map_err(|e| DiskError::Invalid(e.to_string()))
     }
 
     /// Reads `buf.len()` bytes (a multiple of 512) from `sector`.

@@ -33,6 +33,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use xenring::abi::blkif::{keys, VDISK_READONLY};
+use xenring::abi::blkif_ext as ext;
 use xenring::platform::Access;
 use xenring::ring::RingClient;
 use xenring::xenbus::device::{DeviceError, FrontendConn, NATIVE_PROTOCOL};
@@ -41,7 +42,7 @@ use xenring::xenbus::paths::DeviceId;
 use self::disk::{Disk, DiskError, Geometry, PagePool, Queue, Req, Rsp};
 use self::order::SectorLocks;
 use crate::device::FrontendDevice;
-use crate::nbd::{self, proto, Errno, Export, ExportInfo};
+use crate::nbd::{self, proto, Errno, Export, ExportInfo, Extent, Zeroes};
 
 /// Data pages granted per queue (8 MiB: seven 1 MiB requests in flight).
 pub const POOL_PAGES: usize = 2048;
@@ -90,7 +91,7 @@ impl VbdFrontStats {
 #[derive(Debug)]
 pub struct VbdFrontend {
     dir: PathBuf,
-    exports: Mutex<HashMap<DeviceId, Arc<Device>>>,
+    exports: Arc<Exports>,
     stats: Arc<VbdFrontStats>,
 }
 
@@ -129,7 +130,7 @@ impl VbdFrontend {
         })?;
         Ok(VbdFrontend {
             dir: dir.to_path_buf(),
-            exports: Mutex::new(HashMap::new()),
+            exports: Arc::default(),
             stats: Arc::default(),
         })
     }
@@ -148,7 +149,7 @@ impl VbdFrontend {
     /// use.
     fn device(&self, conn: &FrontendConn) -> Result<Arc<Device>, DeviceError> {
         let id = conn.id();
-        let mut map = self.exports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.exports.lock();
         if let Some(d) = map.get(id) {
             return Ok(d.clone());
         }
@@ -156,10 +157,8 @@ impl VbdFrontend {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             DeviceError::failed(format!("device {id}: {what}: {e}"))
         };
-        // A socket file left by a previous daemon is stale: we own the name.
-        let _ = std::fs::remove_file(&path);
-        let unix = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| fail(&format!("binding {}", path.display()), &e))?;
+        // Everything that can fail comes before the Unix socket is bound:
+        // a device that fails setup leaves no socket file.
         let tcp = match conn.info().params.get("nbd-tcp") {
             None => None,
             Some(addr) => {
@@ -174,6 +173,10 @@ impl VbdFrontend {
                 Some(tokio::net::TcpListener::from_std(l).map_err(|e| fail("nbd-tcp", &e))?)
             }
         };
+        // A socket file left by a previous daemon is stale: we own the name.
+        let _ = std::fs::remove_file(&path);
+        let unix = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| fail(&format!("binding {}", path.display()), &e))?;
         let (current, _) = watch::channel(Current::Waiting);
         let mut dev = Device {
             current,
@@ -264,6 +267,21 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
             conn.id()
         )));
     }
+    // The exact size, when the last sector is partial: it must round up
+    // to `sectors`.
+    let size = match conn.peer_keys().get(ext::keys::SIZE_BYTES) {
+        None => sectors * 512,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n.div_ceil(512) == sectors => n,
+            _ => {
+                return Err(DeviceError::failed(format!(
+                    "device {}: {} {v:?} does not round up to sectors {sectors}",
+                    conn.id(),
+                    ext::keys::SIZE_BYTES
+                )))
+            }
+        },
+    };
     let info = match conn.peer_keys().get(keys::INFO) {
         None => 0,
         Some(_) => conn.peer_u32(keys::INFO)?,
@@ -274,12 +292,15 @@ fn geometry(conn: &FrontendConn, pool_pages: usize) -> Result<Geometry, DeviceEr
     };
     Ok(Geometry {
         sectors,
+        size,
         readonly: info & VDISK_READONLY != 0,
         flush: flag(keys::FEATURE_FLUSH_CACHE),
         discard: flag(keys::FEATURE_DISCARD),
         // At most what one indirect page describes... and what our pool
         // can hold two of.
         indirect_segments: (indirect as usize).min(256).min(pool_pages / 2),
+        write_zeroes: flag(ext::keys::FEATURE_WRITE_ZEROES),
+        block_status: flag(ext::keys::FEATURE_BLOCK_STATUS),
     })
 }
 
@@ -305,121 +326,155 @@ impl FrontendDevice for VbdFrontend {
         "vbd"
     }
 
-    fn connect(&self, mut conn: FrontendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
+    fn connect(&self, conn: FrontendConn) -> BoxFuture<'static, Result<(), DeviceError>> {
         let dev = self.device(&conn);
         let stats = self.stats.clone();
+        let exports = self.exports.clone();
         Box::pin(async move {
             let dev = dev?;
-            let pool_pages = pool_pages(&conn)?;
-            let geometry = geometry(&conn, pool_pages)?;
-            let max_q = match conn.peer_keys().get(keys::MULTI_QUEUE_MAX_QUEUES) {
-                None => 1,
-                Some(_) => conn.peer_u32(keys::MULTI_QUEUE_MAX_QUEUES)?,
-            };
-            let nq = max_q.clamp(1, QUEUES);
-            let max_order = match conn.peer_keys().get(keys::MAX_RING_PAGE_ORDER) {
-                None => 0,
-                Some(_) => conn.peer_u32(keys::MAX_RING_PAGE_ORDER)?,
-            };
-            let order = max_order.min(RING_PAGE_ORDER);
-            let platform = conn.platform().clone();
-            let backend = conn.backend();
-            let fail = |what: String, e: &dyn std::fmt::Display| {
-                DeviceError::failed(format!("device {}: {what}: {e}", conn.id()))
-            };
-            let mut queues = Vec::new();
-            let mut keys_out: Vec<(String, String)> = Vec::new();
-            for q in 0..nq {
-                let (ring, ep) =
-                    RingClient::<Req, Rsp>::share(platform.as_ref(), backend, 1 << order)
-                        .map_err(|e| fail(format!("sharing ring {q}"), &e))?;
-                let pages = platform
-                    .share_pages(backend, pool_pages, Access::ReadWrite)
-                    .map_err(|e| fail(format!("granting data pages of queue {q}"), &e))?;
-                let prefix = if nq == 1 {
-                    String::new()
-                } else {
-                    format!("queue-{q}/")
-                };
-                if order == 0 {
-                    keys_out.push((format!("{prefix}ring-ref"), ep.refs[0].to_string()));
-                } else {
-                    keys_out.push((
-                        format!("{prefix}{}", keys::RING_PAGE_ORDER),
-                        order.to_string(),
-                    ));
-                    for (i, r) in ep.refs.iter().enumerate() {
-                        keys_out.push((format!("{prefix}ring-ref{i}"), r.to_string()));
-                    }
-                }
-                keys_out.push((format!("{prefix}event-channel"), ep.port.to_string()));
-                queues.push(Queue {
-                    ring,
-                    pool: PagePool::new(pages),
-                });
-            }
-            for (k, v) in keys_out {
-                conn.set_key(k, v);
-            }
-            if nq > 1 {
-                conn.set_key(keys::MULTI_QUEUE_NUM_QUEUES, nq.to_string());
-            }
-            conn.set_key("protocol", NATIVE_PROTOCOL);
-            conn.set_key(keys::FEATURE_PERSISTENT, "1");
-            if let Some(a) = &dev.tcp {
-                conn.set_key("nbd-tcp-address", a.clone());
-            }
-            // Ring deaths: a response stream nobody feeds ends with the
-            // error that closed its ring.
-            let mut deaths: FuturesUnordered<_> = queues
-                .iter()
-                .map(|q| {
-                    let (_sink, mut stream) = q.ring.split();
-                    async move { stream.next().await }
-                })
-                .collect();
-            conn.ready().await?;
-            stats.connections.fetch_add(1, Ordering::Relaxed);
-            let disk = Arc::new(Disk::new(queues, geometry));
-            tracing::info!(
-                device = %conn.id(), queues = nq, ring_pages = 1u32 << order, pool_pages,
-                sectors = geometry.sectors, readonly = geometry.readonly,
-                indirect = geometry.indirect_segments, "vbd connected"
-            );
-            dev.current.send_replace(Current::Ready(disk.clone()));
-            let result = tokio::select! {
-                _ = conn.stopped() => Ok(()),
-                e = deaths.next() => Err(DeviceError::PeerGone(format!(
-                    "device {}: ring closed: {:?}", conn.id(), e.flatten().map(|r| r.err())
-                ))),
-            };
-            dev.current.send_if_modified(|c| {
-                // A removal that came first stays.
-                let ready = matches!(c, Current::Ready(_));
-                if ready {
-                    *c = Current::Waiting;
-                }
-                ready
-            });
-            drop(deaths);
-            if let Ok(disk) = Arc::try_unwrap(disk) {
-                for q in disk.into_queues() {
-                    q.ring.close().await;
-                    drop(q.pool.into_shared());
-                }
+            let id = conn.id().clone();
+            let result = serve_connection(conn, dev.clone(), stats).await;
+            if let Err(DeviceError::Failed(_)) = &result {
+                // A device that failed (its setup, or a backend's bad
+                // keys) is in error until the toolstack acts: no socket.
+                exports.close(&id, Some(&dev));
             }
             result
         })
     }
 
     fn removed(&self, id: &DeviceId) {
-        let dev = self
-            .exports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.exports.close(id, None);
+    }
+}
+
+/// One connection of device `dev` to its backend, until it stops.
+async fn serve_connection(
+    mut conn: FrontendConn,
+    dev: Arc<Device>,
+    stats: Arc<VbdFrontStats>,
+) -> Result<(), DeviceError> {
+    let pool_pages = pool_pages(&conn)?;
+    let geometry = geometry(&conn, pool_pages)?;
+    let max_q = match conn.peer_keys().get(keys::MULTI_QUEUE_MAX_QUEUES) {
+        None => 1,
+        Some(_) => conn.peer_u32(keys::MULTI_QUEUE_MAX_QUEUES)?,
+    };
+    let nq = max_q.clamp(1, QUEUES);
+    let max_order = match conn.peer_keys().get(keys::MAX_RING_PAGE_ORDER) {
+        None => 0,
+        Some(_) => conn.peer_u32(keys::MAX_RING_PAGE_ORDER)?,
+    };
+    let order = max_order.min(RING_PAGE_ORDER);
+    let platform = conn.platform().clone();
+    let backend = conn.backend();
+    let fail = |what: String, e: &dyn std::fmt::Display| {
+        DeviceError::failed(format!("device {}: {what}: {e}", conn.id()))
+    };
+    let mut queues = Vec::new();
+    let mut keys_out: Vec<(String, String)> = Vec::new();
+    for q in 0..nq {
+        let (ring, ep) = RingClient::<Req, Rsp>::share(platform.as_ref(), backend, 1 << order)
+            .map_err(|e| fail(format!("sharing ring {q}"), &e))?;
+        let pages = platform
+            .share_pages(backend, pool_pages, Access::ReadWrite)
+            .map_err(|e| fail(format!("granting data pages of queue {q}"), &e))?;
+        let prefix = if nq == 1 {
+            String::new()
+        } else {
+            format!("queue-{q}/")
+        };
+        if order == 0 {
+            keys_out.push((format!("{prefix}ring-ref"), ep.refs[0].to_string()));
+        } else {
+            keys_out.push((
+                format!("{prefix}{}", keys::RING_PAGE_ORDER),
+                order.to_string(),
+            ));
+            for (i, r) in ep.refs.iter().enumerate() {
+                keys_out.push((format!("{prefix}ring-ref{i}"), r.to_string()));
+            }
+        }
+        keys_out.push((format!("{prefix}event-channel"), ep.port.to_string()));
+        queues.push(Queue {
+            ring,
+            pool: PagePool::new(pages),
+        });
+    }
+    for (k, v) in keys_out {
+        conn.set_key(k, v);
+    }
+    if nq > 1 {
+        conn.set_key(keys::MULTI_QUEUE_NUM_QUEUES, nq.to_string());
+    }
+    conn.set_key("protocol", NATIVE_PROTOCOL);
+    conn.set_key(keys::FEATURE_PERSISTENT, "1");
+    if let Some(a) = &dev.tcp {
+        conn.set_key("nbd-tcp-address", a.clone());
+    }
+    // Ring deaths: a response stream nobody feeds ends with the
+    // error that closed its ring.
+    let mut deaths: FuturesUnordered<_> = queues
+        .iter()
+        .map(|q| {
+            let (_sink, mut stream) = q.ring.split();
+            async move { stream.next().await }
+        })
+        .collect();
+    conn.ready().await?;
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    let disk = Arc::new(Disk::new(queues, geometry));
+    tracing::info!(
+        device = %conn.id(), queues = nq, ring_pages = 1u32 << order, pool_pages,
+        sectors = geometry.sectors, readonly = geometry.readonly,
+        indirect = geometry.indirect_segments, "vbd connected"
+    );
+    dev.current.send_replace(Current::Ready(disk.clone()));
+    let result = tokio::select! {
+        _ = conn.stopped() => Ok(()),
+        e = deaths.next() => Err(DeviceError::PeerGone(format!(
+            "device {}: ring closed: {:?}", conn.id(), e.flatten().map(|r| r.err())
+        ))),
+    };
+    dev.current.send_if_modified(|c| {
+        // A removal that came first stays.
+        let ready = matches!(c, Current::Ready(_));
+        if ready {
+            *c = Current::Waiting;
+        }
+        ready
+    });
+    drop(deaths);
+    if let Ok(disk) = Arc::try_unwrap(disk) {
+        for q in disk.into_queues() {
+            q.ring.close().await;
+            drop(q.pool.into_shared());
+        }
+    }
+    result
+}
+
+/// The exports of every device, by id.
+#[derive(Debug, Default)]
+struct Exports(Mutex<HashMap<DeviceId, Arc<Device>>>);
+
+impl Exports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, Arc<Device>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends device `id`'s export (`only`: if it is still that one): its
+    /// socket file goes, its accept loops end, and clients still connected
+    /// get `ESHUTDOWN` from now on.
+    fn close(&self, id: &DeviceId, only: Option<&Arc<Device>>) {
+        let dev = {
+            let mut map = self.lock();
+            match (map.get(id), only) {
+                (Some(d), Some(o)) if !Arc::ptr_eq(d, o) => None,
+                _ => map.remove(id),
+            }
+        };
         if let Some(d) = dev {
-            // Clients still connected get ESHUTDOWN from now on.
             d.current.send_replace(Current::Removed);
             for t in &d.accept {
                 t.abort();
@@ -441,6 +496,7 @@ fn errno(e: &DiskError) -> Errno {
         DiskError::Status(_) => proto::EIO,
         DiskError::Unsupported => proto::ENOTSUP,
         DiskError::Ring(_) => proto::ESHUTDOWN,
+        DiskError::Invalid(_) => proto::EIO,
     }
 }
 
@@ -501,6 +557,18 @@ impl VbdExport {
         Ok(buf)
     }
 
+    /// Writes zeroes as data, 1 MiB at a time.
+    async fn write_zeroes_slowly(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        const CHUNK: u64 = nbd::WORK_CHUNK as u64;
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(CHUNK);
+            self.write_at(at, vec![0u8; n as usize]).await?;
+            at += n;
+        }
+        Ok(())
+    }
+
     async fn write_at(&self, offset: u64, data: Vec<u8>) -> Result<(), Errno> {
         if data.is_empty() {
             // Nothing to write: never a read-modify-write of a sector.
@@ -540,10 +608,11 @@ impl Export for VbdExport {
         Box::pin(async move {
             let g = self.disk().await?.geometry;
             Ok(ExportInfo {
-                size: g.sectors * 512,
+                size: g.size,
                 readonly: g.readonly,
                 flush: g.flush,
                 trim: g.discard,
+                fast_zero: g.write_zeroes,
             })
         })
     }
@@ -591,13 +660,99 @@ impl Export for VbdExport {
         })
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroes) -> BoxFuture<'_, Result<(), Errno>> {
         Box::pin(async move {
-            const CHUNK: u64 = 1 << 20;
+            let g = self.disk().await?.geometry;
+            // Whole sectors inside the range (the partial last sector of
+            // an odd-sized disk counts whole: the backend drops its tail)
+            // go to the backend's write-zeroes; the edges are written.
+            let first = offset.div_ceil(512);
+            let end = if offset + len == g.size {
+                g.sectors
+            } else {
+                (offset + len) / 512
+            };
+            if !g.write_zeroes || end <= first {
+                if how.fast {
+                    return Err(proto::ENOTSUP);
+                }
+                return self.write_zeroes_slowly(offset, len).await;
+            }
+            self.write_zeroes_slowly(offset, first * 512 - offset)
+                .await?;
+            {
+                // Not in the middle of a read-modify-write of these sectors.
+                let _held = self.dev.writes.lock(first, end, false).await;
+                self.with_disk(move |d| {
+                    Box::pin(async move {
+                        d.write_zeroes(first, end - first, how.may_trim, how.fast)
+                            .await
+                    })
+                })
+                .await?;
+            }
+            let tail = (end * 512).min(offset + len);
+            self.write_zeroes_slowly(tail, offset + len - tail).await
+        })
+    }
+
+    fn block_status(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<Extent>, Errno>> {
+        Box::pin(async move {
+            let disk = self.disk().await?;
+            let g = disk.geometry;
+            let all_data = vec![Extent {
+                length: len,
+                flags: 0,
+            }];
+            if !g.block_status {
+                return Ok(all_data);
+            }
+            let first = offset / 512;
+            let end = (offset + u64::from(len)).div_ceil(512);
+            let sectors = self
+                .with_disk(move |d| {
+                    Box::pin(async move { d.block_status(first, end - first).await })
+                })
+                .await?;
+            // Sectors to bytes, cut to [offset, offset + len).
+            let mut out = Vec::new();
+            let mut at = first * 512;
+            let stop = offset + u64::from(len);
+            for e in sectors {
+                let next = at + e.sectors * 512;
+                let (a, b) = (at.max(offset), next.min(stop));
+                if b > a {
+                    let mut flags = 0;
+                    if e.flags & ext::EXTENT_HOLE != 0 {
+                        flags |= proto::STATE_HOLE;
+                    }
+                    if e.flags & ext::EXTENT_ZERO != 0 {
+                        flags |= proto::STATE_ZERO;
+                    }
+                    out.push(Extent {
+                        length: (b - a) as u32,
+                        flags,
+                    });
+                }
+                at = next;
+                if at >= stop {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
+        Box::pin(async move {
+            // Reading pulls the range into the backend's page cache; the
+            // data is dropped here (a piece at a time).
+            const CHUNK: u64 = nbd::WORK_CHUNK as u64;
             let mut at = offset;
-            while at < offset + len {
-                let n = (offset + len - at).min(CHUNK);
-                self.write_at(at, vec![0u8; n as usize]).await?;
+            let end = offset + u64::from(len);
+            while at < end {
+                let n = (end - at).min(CHUNK);
+                self.read_at(at, n as usize).await?;
                 at += n;
             }
             Ok(())

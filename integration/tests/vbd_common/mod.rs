@@ -32,7 +32,11 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
             return Ok(p);
         }
     }
-    bail!("{name} not found on PATH: install Debian's qemu-utils (.ci/run does)")
+    let package = match name {
+        "nbdinfo" => "libnbd-bin",
+        _ => "qemu-utils",
+    };
+    bail!("{name} not found on PATH: install Debian's {package} (test.sh does)")
 }
 
 /// Runs `prog args` (off the runtime's threads); returns stdout+stderr,

@@ -158,6 +158,7 @@ fuzz_target!(|data: &[u8]| {
         max_indirect_segments: u16::from(head[2]) * 16 % 4097,
         readonly: head[3] & 1 != 0,
         discard: head[3] & 2 != 0,
+        extensions: head[3] & 4 != 0,
     };
     let mut buf = [0u8; 112];
     buf.copy_from_slice(slot);
@@ -204,6 +205,27 @@ fuzz_target!(|data: &[u8]| {
             let end = sector.checked_add(nr_sectors).expect("no overflow");
             assert!(end <= limits.sectors, "discard past the image end");
         }
+        Ok(Checked::WriteZeroes {
+            sector, nr_sectors, ..
+        }) => {
+            assert!(limits.extensions && !limits.readonly);
+            let end = sector.checked_add(nr_sectors).expect("no overflow");
+            assert!(end <= limits.sectors, "write zeroes past the image end");
+        }
+        Ok(Checked::BlockStatus {
+            sector, nr_sectors, ..
+        }) => {
+            assert!(limits.extensions && nr_sectors >= 1);
+            let end = sector.checked_add(nr_sectors).expect("no overflow");
+            assert!(end <= limits.sectors, "block status past the image end");
+        }
         Ok(Checked::Flush) | Err(_) => {}
+    }
+    // A status page from a hostile backend: never more than was asked.
+    let asked = u64::from(head[1]) + 1;
+    if let Ok(ext) = xenring::abi::blkif_ext::decode_extents(pages, asked) {
+        assert!(!ext.is_empty() && ext.len() <= xenring::abi::blkif_ext::MAX_EXTENTS);
+        assert!(ext.iter().map(|e| e.sectors).sum::<u64>() <= asked);
+        assert!(ext.iter().all(|e| e.sectors > 0));
     }
 });

@@ -5,17 +5,21 @@
 //! The first input byte chooses the export (size up to 64 KiB, read-only
 //! or not, flush and trim offered or not) and whether the rest is sent as
 //! raw bytes or built from a script: client flags, then options
-//! (EXPORT_NAME, ABORT, LIST, STARTTLS, INFO, GO, unknown; well-formed or
-//! not, with any data), then transmission requests (READ, WRITE with its
-//! data, DISC, FLUSH, TRIM, WRITE_ZEROES, unknown; offsets and lengths
-//! near the export's end or anywhere, a bad magic now and then). The
-//! client then closes its side.
+//! (EXPORT_NAME, ABORT, LIST, STARTTLS, INFO, GO, STRUCTURED_REPLY,
+//! LIST/SET_META_CONTEXT, unknown; well-formed or not, with any data and
+//! export names), then transmission requests (READ, WRITE with its data,
+//! DISC, FLUSH, TRIM, CACHE, WRITE_ZEROES, BLOCK_STATUS, unknown; any
+//! command flags; offsets and lengths near the export's end or anywhere,
+//! a bad magic now and then). The client then closes its side. The
+//! export's block status answers are themselves scripted (empty, zero
+//! lengths, too long), as a backend could send them.
 //!
 //! Asserted: no panic; the export is only ever called with ranges inside
 //! its size (the server checks every request before calling it, as its
 //! `Export` trait promises) and never written when read-only; `serve`
 //! returns once the client has closed (a hang would be a libFuzzer
-//! timeout); what the server writes starts with the NBD greeting.
+//! timeout); what the server writes starts with the NBD greeting;
+//! FAST_ZERO reaches the export only when it was advertised.
 #![no_main]
 
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,7 @@ use futures::FutureExt;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xenring_frontend::nbd::proto::*;
-use xenring_frontend::nbd::{serve, Errno, Export, ExportInfo};
+use xenring_frontend::nbd::{serve, Errno, Export, ExportInfo, Extent, Zeroes};
 
 /// Reads the script one byte at a time; the end of the input reads as 0.
 struct Script<'a>(&'a [u8]);
@@ -61,6 +65,9 @@ impl Script<'_> {
 struct Mem {
     info: ExportInfo,
     data: Mutex<Vec<u8>>,
+    /// How block status answers: 0 well, 1 nothing, 2 zero lengths,
+    /// 3 more than asked.
+    status_mode: u8,
 }
 
 impl Mem {
@@ -99,10 +106,40 @@ impl Export for Mem {
         async move { Ok(()) }.boxed()
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64) -> BoxFuture<'_, Result<(), Errno>> {
+    fn write_zeroes(&self, offset: u64, len: u64, how: Zeroes) -> BoxFuture<'_, Result<(), Errno>> {
         assert!(!self.info.readonly, "write to a read-only export");
+        assert!(!how.fast || self.info.fast_zero, "FAST_ZERO not advertised");
         let r = self.range(offset, len);
+        if how.fast && offset % 2 == 1 {
+            // Cannot be fast here: refused, nothing written.
+            return async move { Err(ENOTSUP) }.boxed();
+        }
         self.data.lock().expect("lock")[r].fill(0);
+        async move { Ok(()) }.boxed()
+    }
+
+    fn block_status(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<Vec<Extent>, Errno>> {
+        let _ = self.range(offset, u64::from(len));
+        let ext = match self.status_mode {
+            0 => vec![
+                Extent {
+                    length: len / 2 + 1,
+                    flags: STATE_HOLE | STATE_ZERO,
+                },
+                Extent {
+                    length: len - len / 2 - 1,
+                    flags: 0,
+                },
+            ],
+            1 => Vec::new(),
+            2 => vec![Extent { length: 0, flags: 0 }; 3],
+            _ => vec![Extent { length: u32::MAX, flags: 1 }; 2000],
+        };
+        async move { Ok(ext) }.boxed()
+    }
+
+    fn cache(&self, offset: u64, len: u32) -> BoxFuture<'_, Result<(), Errno>> {
+        let _ = self.range(offset, u64::from(len));
         async move { Ok(()) }.boxed()
     }
 }
@@ -127,13 +164,16 @@ fn client_bytes(s: &mut Script<'_>, size: u64) -> Vec<u8> {
     // Options until one starts the transmission (or the script ends).
     loop {
         let op = s.byte();
-        let opt = match op % 8 {
+        let opt = match op % 16 {
             0 => OPT_EXPORT_NAME,
             1 => OPT_ABORT,
             2 => OPT_LIST,
             3 => OPT_STARTTLS,
             4 => OPT_INFO,
-            5 | 6 => OPT_GO,
+            5 | 6 | 13 => OPT_GO,
+            7 | 8 => OPT_STRUCTURED_REPLY,
+            9 => OPT_LIST_META_CONTEXT,
+            10 | 11 => OPT_SET_META_CONTEXT,
             _ => u32::from(s.byte()),
         };
         let data: Vec<u8> = if (opt == OPT_INFO || opt == OPT_GO) && op & 0x80 == 0 {
@@ -147,7 +187,24 @@ fn client_bytes(s: &mut Script<'_>, size: u64) -> Vec<u8> {
                 d.extend_from_slice(&u16::from(s.byte() % 4).to_be_bytes());
             }
             d
-        } else if opt == OPT_LIST && op & 0x80 == 0 {
+        } else if (opt == OPT_LIST_META_CONTEXT || opt == OPT_SET_META_CONTEXT) && op & 0x80 == 0 {
+            // Well-formed: name (usually the default), then queries.
+            let name: &[u8] = if s.byte() % 8 == 0 { b"other" } else { b"" };
+            let mut d = (name.len() as u32).to_be_bytes().to_vec();
+            d.extend_from_slice(name);
+            let n = s.byte() % 4;
+            d.extend_from_slice(&u32::from(n).to_be_bytes());
+            for _ in 0..n {
+                let q: &[u8] = match s.byte() % 4 {
+                    0 | 1 => b"base:allocation",
+                    2 => b"base:",
+                    _ => b"x-none:thing",
+                };
+                d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+                d.extend_from_slice(q);
+            }
+            d
+        } else if (opt == OPT_LIST || opt == OPT_STRUCTURED_REPLY) && op & 0x80 == 0 {
             Vec::new()
         } else {
             let n = usize::from(s.byte() % 64);
@@ -166,12 +223,14 @@ fn client_bytes(s: &mut Script<'_>, size: u64) -> Vec<u8> {
     // Transmission requests.
     while !s.is_empty() {
         let op = s.byte();
-        let kind = match op % 8 {
+        let kind = match op % 12 {
             0 | 1 => CMD_READ,
             2 | 3 => CMD_WRITE,
             4 => CMD_FLUSH,
             5 => CMD_TRIM,
-            6 => CMD_WRITE_ZEROES,
+            6 | 8 => CMD_WRITE_ZEROES,
+            9 | 10 => CMD_BLOCK_STATUS,
+            11 => CMD_CACHE,
             _ => {
                 if op & 0x80 != 0 {
                     CMD_DISC
@@ -193,7 +252,12 @@ fn client_bytes(s: &mut Script<'_>, size: u64) -> Vec<u8> {
             _ => (32 << 20) + 1,
         };
         let req = Request {
-            flags: u16::from(s.byte() % 4),
+            flags: match s.byte() % 4 {
+                0 => 0,
+                1 => u16::from(s.byte() % 32),
+                2 => CMD_FLAG_FUA,
+                _ => s.u16(),
+            },
             kind,
             handle: u64::from(op),
             offset,
@@ -222,10 +286,12 @@ async fn session(data: &[u8]) {
         readonly: mode & 2 != 0,
         flush: mode & 4 != 0,
         trim: mode & 8 != 0,
+        fast_zero: mode & 16 != 0,
     };
     let export = Arc::new(Mem {
         info,
         data: Mutex::new(vec![0u8; size as usize]),
+        status_mode: (mode >> 5) % 4,
     });
     let bytes = if mode & 1 == 0 {
         client_bytes(&mut s, size)

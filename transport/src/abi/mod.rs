@@ -13,6 +13,7 @@
 //! All integers are little-endian (x86_64 and arm64 Xen guests).
 
 pub mod blkif;
+pub mod blkif_ext;
 pub mod grant;
 pub mod netif;
 pub mod ring;
