@@ -285,7 +285,14 @@ impl Task {
             let actions = self.machine.handle(input);
             for a in actions {
                 if let Some(next) = self.act(a).await? {
+                    // The rest of the batch assumed this action worked
+                    // (PublishFeatures then InitWait): after a failure or
+                    // a removal, the machine decides afresh.
+                    let stop = matches!(next, Input::Failed(_) | Input::Removed);
                     queue.push_back(next);
+                    if stop {
+                        break;
+                    }
                 }
             }
         }
