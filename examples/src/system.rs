@@ -299,7 +299,8 @@ impl System {
             .env("XENSTORED_PATH", self.host.xenstore_path(domid)?)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| xenring::xenbus::cli::DEFAULT_LOG.into()),
             )
             .stdin(Stdio::null())
             .stdout(out)

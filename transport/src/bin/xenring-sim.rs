@@ -159,12 +159,7 @@ enum Role {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    xenring::xenbus::cli::init_logging_with("warn");
     let cli = Cli::parse();
     match run(cli.cmd, cli.socket) {
         Ok(code) => code,

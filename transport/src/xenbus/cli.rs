@@ -190,12 +190,25 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     last
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// What the daemons log without `RUST_LOG`: xenring's own crates at
+/// `info`, everything else (tokio, the TAP crate, ...) only when it warns.
+pub const DEFAULT_LOG: &str =
+    "warn,xenring=info,xenring_frontend=info,xenring_backend=info,xenring_examples=info";
+
+/// Logs to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG`]).
 pub fn init_logging() {
+    init_logging_with(DEFAULT_LOG);
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, else by `default`; in colour
+/// only when stderr is a terminal (never escape codes in a file or pipe).
+pub fn init_logging_with(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
