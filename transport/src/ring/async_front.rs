@@ -303,6 +303,14 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
     }
 }
 
+#[cfg(test)]
+impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
+    /// Runs `f` on the ring's memory while it is open.
+    pub(super) fn with_region<T>(&self, f: impl FnOnce(&crate::shm::Region) -> T) -> Option<T> {
+        lock(&self.inner).ring.as_ref().map(|r| f(r.region()))
+    }
+}
+
 /// Under the lock: gives each request a fresh id, puts them all, registers
 /// them as `kind`, and pushes once. Returns the first request's ticket and
 /// the channel to notify if the push says so. The caller holds one slot

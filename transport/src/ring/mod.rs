@@ -306,3 +306,5 @@ impl RingError {
 mod tests;
 #[cfg(test)]
 mod tests_async;
+#[cfg(test)]
+mod tests_batch;
