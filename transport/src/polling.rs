@@ -170,7 +170,7 @@ impl PollBudget {
         if now.saturating_duration_since(start) < self.budget {
             self.rounds += 1;
             self.stats.rounds += 1;
-            return Some(if self.rounds % YIELD_EVERY == 0 {
+            return Some(if self.rounds.is_multiple_of(YIELD_EVERY) {
                 Round::YieldCore
             } else {
                 Round::Look
