@@ -108,6 +108,8 @@ pub struct PollBudget {
     rounds: u32,
     /// The current dry spell's budget ran out: the end sleeps.
     slept: bool,
+    /// Rounds between two [`Round::YieldCore`] ([`YIELD_EVERY`]).
+    yield_every: u32,
     stats: PollStats,
 }
 
@@ -124,6 +126,7 @@ impl PollBudget {
             spell: None,
             rounds: 0,
             slept: false,
+            yield_every: YIELD_EVERY.max(1),
             stats: PollStats::default(),
         }
     }
@@ -170,7 +173,7 @@ impl PollBudget {
         if now.saturating_duration_since(start) < self.budget {
             self.rounds += 1;
             self.stats.rounds += 1;
-            return Some(if self.rounds.is_multiple_of(YIELD_EVERY) {
+            return Some(if self.rounds % self.yield_every == 0 {
                 Round::YieldCore
             } else {
                 Round::Look
