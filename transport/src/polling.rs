@@ -44,10 +44,10 @@ pub const DEFAULT_MAX: Duration = Duration::from_micros(50);
 /// The budget an adaptive end grows to first (from 0).
 pub const GROW_START: Duration = Duration::from_micros(4);
 /// An end gives its core up (`sched_yield`) every this many rounds, so a
-/// peer on the same core gets to run. Every round: on the loaded 2-core
-/// machine of the transport bench, polling without yielding made the
-/// one-in-flight round trip 2.2x a Unix socket's, yielding every round
-/// 0.5x (BENCHMARKS.md).
+/// peer on the same core gets to run. Every round: on the 2-core bench
+/// machine with other builds running (load 7), polling without yielding
+/// made the transport bench's one-in-flight round trip 2.2x a Unix
+/// socket's in both placements; yielding every round, 0.5-1.0x.
 pub const YIELD_EVERY: u32 = 1;
 
 /// How an end waits when it runs dry; set per endpoint.
