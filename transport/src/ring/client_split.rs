@@ -25,7 +25,9 @@ use super::{AsyncRingError, RingEntry, Tagged};
 /// request takes a slot at `poll_ready` (waiting while the ring is full,
 /// after publishing what is held back) and is kept at `start_send`;
 /// `poll_flush` puts what is kept on the ring, pushes once and notifies if
-/// the backend asked. Ids are overwritten with fresh ones.
+/// the backend asked. Ids are overwritten with fresh ones. Requests fed and
+/// not flushed when the sink is dropped are discarded (their slots are
+/// given back).
 pub struct RequestSink<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
     client: RingClient<Req, Rsp>,
     sem: PollSemaphore,
@@ -100,6 +102,17 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RequestSink<Req, Rsp> {
         };
         self.client.kick(channel)?;
         Ok(n)
+    }
+}
+
+impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> Drop for RequestSink<Req, Rsp> {
+    /// Requests fed and never flushed are discarded; their slots (and a
+    /// slot taken for a send that never came) are given back.
+    fn drop(&mut self) {
+        let held = self.buf.len() + usize::from(self.spare);
+        if held > 0 {
+            self.client.inner.slots.add_permits(held);
+        }
     }
 }
 

@@ -304,3 +304,40 @@ async fn a_ring_with_more_slots_than_ids_is_refused() {
     assert!(e.to_string().contains("32 slots"), "{e}");
     w.assert_clean().await;
 }
+
+#[tokio::test]
+async fn a_sink_dropped_with_unflushed_requests_gives_their_slots_back() {
+    use futures::SinkExt;
+    let w = world();
+    let (client, server) = pair(&w);
+    let backend = tokio::spawn(serve_echo(server));
+    // Bounded: without the slots given back, the second round's first feed
+    // would wait for a slot for ever.
+    let rounds = async {
+        for round in 0..3u64 {
+            let (mut sink, _stream) = client.split();
+            // Fill every slot, flush nothing, drop the sink.
+            for seq in 0..32 {
+                sink.feed(Msg64::request(round * 100 + seq)).await.unwrap();
+            }
+            drop(sink);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), rounds)
+        .await
+        .expect("the dropped sinks' slots came back");
+    // Every slot is free again: a whole ring's worth of calls in flight.
+    let calls: Vec<_> = (0..32u64)
+        .map(|seq| {
+            let c = client.clone();
+            tokio::spawn(async move { c.call(Msg64::request(seq)).await.unwrap() })
+        })
+        .collect();
+    for (seq, call) in calls.into_iter().enumerate() {
+        let rsp = call.await.unwrap();
+        assert_eq!(rsp.data, Msg64::answer(&Msg64::request(seq as u64)).data);
+    }
+    client.close().await;
+    assert_eq!(backend.await.unwrap().unwrap(), 32);
+    w.assert_clean().await;
+}
