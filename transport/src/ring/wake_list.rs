@@ -13,8 +13,9 @@ pub(super) struct WakeList {
 }
 
 impl WakeList {
-    /// Wakers held at most.
-    pub(super) const CAPACITY: usize = 32;
+    /// Wakers held at most (small: the list is built and dropped on every
+    /// poll of a waiting task, and its drop glue visits every slot).
+    pub(super) const CAPACITY: usize = 8;
 
     pub(super) fn new() -> WakeList {
         WakeList::default()
