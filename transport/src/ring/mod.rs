@@ -128,6 +128,14 @@
 //! sets it to `consumer + 1`, so a batch of N that crosses it notifies once;
 //! a consumer that is still busy (it has not asked) gets no notification.
 //!
+//! Polling (the async ends, [`crate::polling`]): a consumer that finds the
+//! ring empty may look at the producer index again for a while instead of
+//! calling `final_check_*` at once. It leaves its event index where it
+//! was, behind what it has consumed, so the producer's pushes find it
+//! outside `(old, new]` and send nothing; only a consumer about to sleep
+//! asks (`final_check_*`), and the two fences above keep that hand-over
+//! free of lost wakeups as before.
+//!
 //! # Differences from ring.h, on purpose
 //!
 //! * The "old" producer of the notify rule is kept privately (the value this
