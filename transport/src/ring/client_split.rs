@@ -8,6 +8,7 @@
 //! semaphore operation) per batch. The stream takes responses off the ring
 //! itself while it polls (see [`crate::polling`]).
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -177,14 +178,34 @@ where
 pub struct ResponseStream<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
     client: RingClient<Req, Rsp>,
     ended: bool,
+    /// Responses moved out of the shared queue under one lock and not yet
+    /// yielded (each still holds its slot permit); at most the ring's size,
+    /// allocated once.
+    local: VecDeque<Rsp>,
 }
 
 impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> ResponseStream<Req, Rsp> {
     pub(super) fn new(client: RingClient<Req, Rsp>) -> Self {
+        let size = client.inner.size as usize;
         ResponseStream {
             client,
             ended: false,
+            local: VecDeque::with_capacity(size),
         }
+    }
+
+    /// Yields up to `max` responses from the local queue, giving their
+    /// slots back.
+    fn yield_local(&mut self, max: usize, out: &mut dyn FnMut(Rsp)) -> usize {
+        let k = max.min(self.local.len());
+        for rsp in self.local.drain(..k) {
+            out(rsp);
+        }
+        // Their slots are free once they are out of our hands.
+        if k > 0 {
+            self.client.inner.slots.add_permits(k);
+        }
+        k
     }
 
     /// Waits for responses and appends every one at hand, up to `max`, to
@@ -211,6 +232,10 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> ResponseStream<Req, Rsp> 
         max: usize,
         out: &mut dyn FnMut(Rsp),
     ) -> Poll<Option<Res<usize>>> {
+        // Responses moved out earlier go first, without the lock.
+        if !self.local.is_empty() {
+            return Poll::Ready(Some(Ok(self.yield_local(max, out))));
+        }
         if self.ended {
             return Poll::Ready(None);
         }
@@ -220,13 +245,9 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> ResponseStream<Req, Rsp> 
         let mut st = lock(inner);
         let step: Res<Poll<usize>> = loop {
             if !st.responses.is_empty() {
-                let k = max.min(st.responses.len());
-                for rsp in st.responses.drain(..k) {
-                    out(rsp);
-                }
-                // Their slots are free once they are out of our hands.
-                freed += k;
-                break Ok(Poll::Ready(k));
+                // All of them, under this one lock.
+                self.local.extend(st.responses.drain(..));
+                break Ok(Poll::Ready(0));
             }
             if let Some(e) = &st.error {
                 break Err(e.clone());
@@ -272,10 +293,15 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> ResponseStream<Req, Rsp> 
             }
         };
         match step {
-            Ok(p) => {
+            Ok(Poll::Ready(_)) => {
                 drop(st);
                 inner.settle(&mut wl, freed);
-                p.map(|k| Some(Ok(k)))
+                Poll::Ready(Some(Ok(self.yield_local(max, out))))
+            }
+            Ok(Poll::Pending) => {
+                drop(st);
+                inner.settle(&mut wl, freed);
+                Poll::Pending
             }
             Err(e) => {
                 let e = if st.error.is_none() {
