@@ -387,3 +387,84 @@ async fn a_scribbled_index_is_an_error_within_a_second() {
     drop((sr, sw));
     e.assert_clean(&[&d0, &d1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_halves_ask_for_no_events_and_the_peer_sends_none() {
+    use crate::polling::Polling;
+    let e = env();
+    let (d0, d1) = (e.join(0), e.join(1));
+    // 1 and 2 KiB rings: 64 KiB through them fills them many times over.
+    let (mut server, mut client) = pair((&d0, &d1), 11, 10, 11).await;
+    // Budgets that never run out during the test: neither end ever sets a
+    // notify bit, so (after the server's initial request for the client's
+    // first bytes) no event is sent either way.
+    let forever = Polling::Fixed(Duration::from_secs(3600));
+    server.set_polling(forever);
+    client.set_polling(forever);
+    let (srv_events, cli_events) = (server.event_counts(), client.event_counts());
+    let data = pattern(7, 8192);
+    let reader = tokio::spawn(async move {
+        let (mut r, w) = server.into_split();
+        let mut got = vec![0u8; 8192 * 8];
+        r.read_exact(&mut got).await.unwrap();
+        assert!(r.poll_stats().rounds > 0);
+        drop(w);
+        (got, r)
+    });
+    let (cr, mut cw) = client.into_split();
+    for chunk in data.chunks(100) {
+        cw.write_all(chunk).await.unwrap();
+    }
+    let (got, r) = timeout(Duration::from_secs(30), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got == data, "bytes differ");
+    assert!(cli_events.sent.load(Ordering::Relaxed) <= 1);
+    assert_eq!(srv_events.sent.load(Ordering::Relaxed), 0);
+    drop((r, cr, cw));
+    e.assert_clean(&[&d0, &d1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_reader_that_goes_idle_asks_for_an_event_and_is_woken() {
+    use crate::polling::Polling;
+    use std::pin::Pin;
+    use std::task::Context;
+    use tokio::io::{AsyncRead, ReadBuf};
+    let e = env();
+    let (d0, d1) = (e.join(0), e.join(1));
+    let (server, client) = pair((&d0, &d1), 12, 10, 11).await;
+    let (mut sr, sw) = server.into_split();
+    sr.set_polling(Polling::Fixed(Duration::from_micros(200)));
+    let cli_events = client.event_counts();
+    let (cr, mut cw) = client.into_split();
+    // One exchange first: it uses up the server's initial request.
+    cw.write_all(b"12345678").await.unwrap();
+    let mut buf = [0u8; 8];
+    sr.read_exact(&mut buf).await.unwrap();
+    // Poll a read by hand until the reader's budget is spent and it has
+    // asked for an event and gone to sleep.
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for _ in 0..5000 {
+        let mut rb = ReadBuf::new(&mut buf);
+        assert!(Pin::new(&mut sr).poll_read(&mut cx, &mut rb).is_pending());
+        if sr.poll_stats().sleeps >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(sr.poll_stats().sleeps >= 1, "{:?}", sr.poll_stats());
+    let before = cli_events.sent.load(Ordering::Relaxed);
+    cw.write_all(b"abcdefgh").await.unwrap();
+    // The reader asked: exactly one event for the write, and it wakes.
+    assert_eq!(cli_events.sent.load(Ordering::Relaxed), before + 1);
+    timeout(SECOND, sr.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"abcdefgh");
+    drop((sr, sw, cr, cw));
+    e.assert_clean(&[&d0, &d1]);
+}
