@@ -284,6 +284,24 @@ fn a_created_domain_outlives_a_killed_process_and_takes_a_new_one() {
             ["5", "running", "persistent", "0"]
         ]
     );
+    let out = sim(&socket).args(["domains", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        r#"[{"domid":5,"state":"running","persistent":true,"sessions":0,"frames_owned":0,"grants_valid":0,"grants_mapped_by_peers":0,"mappings":0,"mapped_pages":0,"ports":0,"notifies":0,"clean":true}]"#
+    );
+    let out = sim(&socket)
+        .args(["report", "--json", "--check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with(r#"{"free_frames":"#)
+            && report.contains(r#""orphan_frames":0,"domains":[{"domid":5,"#)
+            && report.trim_end().ends_with(r#""xenstore":[],"leaks":[]}"#),
+        "{report}"
+    );
 
     // A restarted process joins domain 5 and works with its peer.
     let mut second = domain(
@@ -480,4 +498,19 @@ fn a_second_host_on_the_same_socket_is_refused_naming_the_first() {
     assert!(line.contains("listening on"), "{line}");
     third.kill().unwrap();
     third.wait().unwrap();
+}
+
+/// No host at the socket: one line that names the socket and the OS error
+/// once (the I/O error used to be printed twice: in the message and again
+/// as its source).
+#[test]
+fn no_host_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing.sock");
+    let out = sim(&socket).arg("domains").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

@@ -29,6 +29,11 @@ use xenring::sim::{
 };
 use xenring::xenstore::ENV_XENSTORED_PATH;
 
+#[path = "shared/json.rs"]
+mod json;
+
+use json::Json;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "xenring-sim",
@@ -77,12 +82,19 @@ enum Cmd {
         command: Vec<String>,
     },
     /// List the domains: id, state, persistent or implicit, sessions.
-    Domains,
+    Domains {
+        /// As a JSON array of objects.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print what every domain still holds.
     Report {
         /// Exit with status 1 if anything is held.
         #[arg(long)]
         check: bool,
+        /// As one JSON object (with `leaks`, the lines `--check` counts).
+        #[arg(long)]
+        json: bool,
     },
     /// Destroy a domain: every session in it ends (its processes' calls
     /// fail from then on) and what they held is released.
@@ -222,14 +234,23 @@ fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
             admin(socket)?.create_domain(domid)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Domains => {
+        Cmd::Domains { json } => {
             let report = admin(socket)?.report()?;
-            print!("{}", domain_table(&report));
+            if json {
+                let all = report.domains.iter().map(domain_json).collect();
+                println!("{}", Json::List(all).render());
+            } else {
+                print!("{}", domain_table(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report { check } => {
+        Cmd::Report { check, json } => {
             let report = admin(socket)?.report()?;
-            print!("{report}");
+            if json {
+                println!("{}", report_json(&report).render());
+            } else {
+                print!("{report}");
+            }
             let leaks = report.leaks();
             if check && !leaks.is_empty() {
                 eprintln!(
@@ -249,6 +270,47 @@ fn run(cmd: Cmd, given: Option<PathBuf>) -> Result<ExitCode> {
     }
 }
 
+fn state_name(s: DomainState) -> &'static str {
+    match s {
+        DomainState::Running => "running",
+        DomainState::Dying => "dying",
+    }
+}
+
+/// One domain, as `domains --json` and `report --json` show it.
+fn domain_json(d: &xenring::sim::DomainReport) -> Json {
+    let n = |v: u32| Json::Num(u64::from(v));
+    Json::Obj(vec![
+        ("domid", Json::Num(u64::from(d.domid))),
+        ("state", Json::str(state_name(d.state))),
+        ("persistent", Json::Bool(d.persistent)),
+        ("sessions", n(d.sessions)),
+        ("frames_owned", Json::Num(d.frames_owned)),
+        ("grants_valid", n(d.grants_valid)),
+        ("grants_mapped_by_peers", n(d.grants_mapped_by_peers)),
+        ("mappings", n(d.mappings)),
+        ("mapped_pages", n(d.mapped_pages)),
+        ("ports", n(d.ports)),
+        ("notifies", n(d.notifies)),
+        ("clean", Json::Bool(d.is_clean())),
+    ])
+}
+
+/// `report --json`.
+fn report_json(r: &HostReport) -> Json {
+    let lines = |v: Vec<String>| Json::List(v.into_iter().map(Json::Str).collect());
+    Json::Obj(vec![
+        ("free_frames", Json::Num(r.free_frames)),
+        ("orphan_frames", Json::Num(r.orphan_frames)),
+        (
+            "domains",
+            Json::List(r.domains.iter().map(domain_json).collect()),
+        ),
+        ("xenstore", lines(r.xenstore.clone())),
+        ("leaks", lines(r.leaks())),
+    ])
+}
+
 /// `xenring-sim domains`: one line per domain under a header.
 fn domain_table(report: &HostReport) -> String {
     let mut out = format!(
@@ -256,10 +318,7 @@ fn domain_table(report: &HostReport) -> String {
         "DOMID", "STATE", "KIND", "SESSIONS"
     );
     for d in &report.domains {
-        let state = match d.state {
-            DomainState::Running => "running",
-            DomainState::Dying => "dying",
-        };
+        let state = state_name(d.state);
         let kind = if d.persistent {
             "persistent"
         } else {

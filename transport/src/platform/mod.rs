@@ -89,13 +89,14 @@ pub enum PlatformError {
     #[error(transparent)]
     Shm(#[from] ShmError),
     /// Talking to the hypervisor (device or simulated host) failed.
-    #[error("{what}: {source}")]
+    /// (Its text includes the I/O error, which is therefore not also its
+    /// `source()`: a chain printer would show it twice.)
+    #[error("{what}: {error}")]
     Io {
         /// What we were doing.
         what: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The caller passed an argument the operation cannot take.
     #[error("invalid argument: {0}")]

@@ -67,7 +67,10 @@ pub struct SimDomain {
 
 pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PlatformError {
     let what = what.into();
-    move |source| PlatformError::Io { what, source }
+    move |source| PlatformError::Io {
+        what,
+        error: source,
+    }
 }
 
 pub(super) fn reply_error(r: Reply) -> PlatformError {
@@ -312,7 +315,7 @@ impl SimDomain {
                 "watching domain {}'s connection to the simulated host",
                 self.inner.domid
             ),
-            source: e,
+            error: e,
         };
         let dup = match self.inner.conn.lock().expect("conn lock").try_clone() {
             Ok(fd) => fd,
@@ -356,7 +359,7 @@ impl SimDomain {
                         "domain {}'s connection to the simulated host",
                         self.inner.domid
                     ),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
                         "the simulated host closed it without a word (was it killed?)",
                     ),

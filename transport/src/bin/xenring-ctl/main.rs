@@ -36,6 +36,7 @@ use xenring::xenbus::{
 };
 
 mod check;
+#[path = "../shared/json.rs"]
 mod json;
 
 use json::Json;

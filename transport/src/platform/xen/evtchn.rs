@@ -72,7 +72,7 @@ impl XenChannel {
         let fd = self.dev.dup()?;
         let a = register_async_fd(fd, Interest::READABLE).map_err(|source| PlatformError::Io {
             what: format!("registering {EVTCHN} (port {}) with tokio", self.port),
-            source,
+            error: source,
         })?;
         // A racing poll may have set it first; either registration works.
         let _ = self.afd.set(a);
@@ -83,7 +83,7 @@ impl XenChannel {
         let what = format!("{EVTCHN} {what} (port {})", self.port);
         move |e| PlatformError::Io {
             what,
-            source: e.into(),
+            error: e.into(),
         }
     }
 
@@ -155,7 +155,7 @@ impl EventChannel for XenChannel {
                 Err(source) => {
                     return Poll::Ready(Err(PlatformError::Io {
                         what: format!("{EVTCHN} poll (port {})", self.port),
-                        source,
+                        error: source,
                     }))
                 }
             };

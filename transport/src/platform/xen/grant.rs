@@ -62,7 +62,7 @@ impl XenShare {
                         "{} mmap of {count} granted pages (index {index:#x})",
                         dev.path()
                     ),
-                    source: std::io::Error::other(e),
+                    error: std::io::Error::other(e),
                 })
             }
         }
@@ -198,7 +198,7 @@ impl XenMapping {
                             "read-only"
                         }
                     ),
-                    source: std::io::Error::other(e),
+                    error: std::io::Error::other(e),
                 })
             }
         }

@@ -164,7 +164,7 @@ impl Device {
         }
         let f: File = o.open(path).map_err(|source| PlatformError::Io {
             what: format!("opening {path} (is the Xen module loaded and this a Xen domain?)"),
-            source,
+            error: source,
         })?;
         Ok(Device { path, fd: f.into() })
     }
@@ -178,13 +178,16 @@ impl Device {
     pub fn dup(&self) -> Result<OwnedFd> {
         self.fd.try_clone().map_err(|source| PlatformError::Io {
             what: format!("duplicating the {} descriptor", self.path),
-            source,
+            error: source,
         })
     }
 
     fn err(&self, ioctl: &str, args: String) -> impl FnOnce(std::io::Error) -> PlatformError {
         let what = format!("{} {ioctl} ({args})", self.path);
-        move |source| PlatformError::Io { what, source }
+        move |source| PlatformError::Io {
+            what,
+            error: source,
+        }
     }
 
     /// Issues `request` with `arg`.
