@@ -132,8 +132,20 @@ impl Export for Mem {
                 },
             ],
             1 => Vec::new(),
-            2 => vec![Extent { length: 0, flags: 0 }; 3],
-            _ => vec![Extent { length: u32::MAX, flags: 1 }; 2000],
+            2 => vec![
+                Extent {
+                    length: 0,
+                    flags: 0
+                };
+                3
+            ],
+            _ => vec![
+                Extent {
+                    length: u32::MAX,
+                    flags: 1
+                };
+                2000
+            ],
         };
         async move { Ok(ext) }.boxed()
     }
