@@ -9,7 +9,6 @@
 //! | [`shm`] | mapped shared memory (one of two modules with `unsafe`) |
 //! | [`instance`] | one instance at a time: the lock files of the simulated host and the daemons |
 //! | [`grant`] | the guest side of the grant table: the seed's rules, reference allocation |
-//! | [`polling`] | adaptive polling: how long an end that ran dry checks the shared indexes before it sleeps |
 //! | [`platform`] | the small traits all protocol code is written against |
 //! | [`ring`] | sans-IO request/response rings compatible with Xen's `io/ring.h` |
 //! | [`rxpool`] | receive pools: accept-transfer (page flipping) or grant-copy slots a peer fills, recycled |
@@ -25,7 +24,6 @@ pub mod chan;
 pub mod grant;
 pub mod instance;
 pub mod platform;
-pub mod polling;
 pub mod ring;
 pub mod rxpool;
 pub mod shm;

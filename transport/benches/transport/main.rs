@@ -33,14 +33,8 @@ fn main() {
     }
     let machine = common::machine();
     println!("xenring transport benchmarks on {machine}");
-    // XENRING_BENCH_ONLY=p1 or =ring runs one module (for profiling).
-    let only = std::env::var("XENRING_BENCH_ONLY").unwrap_or_default();
     let mut rows: Vec<Row> = Vec::new();
-    if only.is_empty() || only == "p1" {
-        rows.extend(p1_stream::run());
-    }
-    if only.is_empty() || only == "ring" {
-        rows.extend(p2_p3_ring::run());
-    }
+    rows.extend(p1_stream::run());
+    rows.extend(p2_p3_ring::run());
     common::report(&machine, &rows);
 }

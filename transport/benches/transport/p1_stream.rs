@@ -2,9 +2,7 @@
 //! ring (order 20) between two domain processes on the simulated host (set
 //! up through the XenStore handshake), a Unix-domain socket stream between
 //! two processes, and single-core memcpy of 64 KiB blocks into a 1 MiB
-//! buffer (the ceiling: the vchan copies every byte in and out once). The
-//! vchan is measured with both ends polling adaptively (the default) and
-//! with polling off.
+//! buffer (the ceiling: the vchan copies every byte in and out once).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,7 +10,6 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xenring::polling::Polling;
 use xenring::sim::{HostConfig, SimDomain, SimHost};
 use xenring::stream::{connect, VchanAddress, VchanServer};
 use xenring::xenstore::XsClient;
@@ -28,7 +25,6 @@ const ADDR: VchanAddress = VchanAddress {
     port: 4242,
 };
 const SOCK_ENV: &str = "XENRING_BENCH_P1_SOCK";
-const POLLING_ENV: &str = "XENRING_BENCH_P1_POLLING";
 
 /// Runs this module's measurements.
 pub fn run() -> Vec<Row> {
@@ -36,13 +32,7 @@ pub fn run() -> Vec<Row> {
         Row {
             group: GROUP,
             name: "xenring vchan stream (1 MiB ring, 64 KiB writes)".into(),
-            value: vchan(false),
-            unit: "MB/s",
-        },
-        Row {
-            group: GROUP,
-            name: "xenring vchan stream, polling off".into(),
-            value: vchan(true),
+            value: vchan(),
             unit: "MB/s",
         },
         Row {
@@ -82,15 +72,7 @@ fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs / 1e6
 }
 
-/// Both ends' polling from the environment (`off`, else the default).
-fn polling() -> Polling {
-    match std::env::var(POLLING_ENV).as_deref() {
-        Ok("off") => Polling::Off,
-        _ => Polling::default(),
-    }
-}
-
-fn vchan(polling_off: bool) -> f64 {
+fn vchan() -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = SimHost::start(dir.path().join("control.sock"), HostConfig::default())
         .expect("start the simulated host");
@@ -102,7 +84,6 @@ fn vchan(polling_off: bool) -> f64 {
             .args(["exec", "--domid", &domid.to_string(), "--"])
             .arg(&me)
             .env(ROLE, role)
-            .env(POLLING_ENV, if polling_off { "off" } else { "adaptive" })
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn a domain process")
@@ -134,7 +115,6 @@ async fn vchan_server() {
         .await
         .expect("listen");
     let mut s = listener.accept(&xs).await.expect("accept");
-    s.set_polling(polling());
     let buf = vec![0x5au8; CHUNK];
     let mut sent = 0u64;
     while sent < TOTAL {
@@ -152,7 +132,6 @@ async fn vchan_client() {
         .await
         .expect("xenstore");
     let mut s = connect(&dom, &xs, ADDR).await.expect("connect");
-    s.set_polling(polling());
     let mut buf = vec![0u8; CHUNK];
     let mut got = 0u64;
     // Time from the first byte on, so setup is not counted.

@@ -15,21 +15,11 @@
 //! Nothing queues here: requests stay in the ring until the consumer takes
 //! them, and the frontend cannot put more than the ring holds. The lock is
 //! never held across an await nor while waking.
-//!
-//! Batches: [`RingServer::next_batch`] takes every request at hand (up to a
-//! limit) under one lock, and [`RingServer::respond_all`] puts a batch of
-//! responses and pushes them once: one notify decision per batch.
-//!
-//! Polling ([`crate::polling`]): a consumer that finds the ring empty does
-//! not ask for an event at once; while its budget lasts it yields to the
-//! runtime and looks again (`req_event` untouched, so the frontend sends no
-//! event), and only then sets `req_event`, checks once more and sleeps.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::Notify;
@@ -41,7 +31,6 @@ use super::driver::{
 };
 use super::{BackRing, RingEntry, RingStats};
 use crate::platform::{DomId, EventChannel, Platform};
-use crate::polling::{PollBudget, PollStats, Polling, Round};
 
 type Res<T> = Result<T, AsyncRingError>;
 
@@ -52,7 +41,6 @@ struct State<Req, Rsp> {
     peer: PeerState,
     error: Option<AsyncRingError>,
     stats: RingStats,
-    budget: PollBudget,
 }
 
 struct Inner<Req, Rsp> {
@@ -151,7 +139,6 @@ where
                 peer: PeerState::Running,
                 error: None,
                 stats: RingStats::default(),
-                budget: PollBudget::default(),
             }),
             shutdown: Notify::new(),
         });
@@ -193,33 +180,6 @@ where
     /// Counters of the ring.
     pub fn stats(&self) -> RingStats {
         self.responder.stats()
-    }
-
-    /// Sets how this end waits when the ring is empty (adaptive polling by
-    /// default; [`Polling::Off`] sleeps on the event channel at once).
-    pub fn set_polling(&self, polling: Polling) {
-        lock(&self.responder.inner).budget.set_policy(polling);
-    }
-
-    /// Counters of this end's polling.
-    pub fn poll_stats(&self) -> PollStats {
-        lock(&self.responder.inner).budget.stats()
-    }
-
-    /// Waits for requests and appends every one at hand, up to `max`, to
-    /// `out`, under one lock; returns how many. `Ok(0)` (with `max > 0`)
-    /// when the frontend closed in order and every request was taken; an
-    /// error once when the ring failed, then `Ok(0)`. Answer them with
-    /// [`RingServer::respond_all`] (one push, one notify decision).
-    ///
-    /// Cancellation safety: a request is taken only when the future
-    /// returns, so dropping it loses nothing.
-    pub async fn next_batch(&mut self, out: &mut Vec<Req>, max: usize) -> Res<usize> {
-        if max == 0 {
-            return Ok(0);
-        }
-        let r = poll_fn(|cx| self.poll_take(cx, max, &mut |req| out.push(req))).await;
-        r.unwrap_or(Ok(0))
     }
 
     /// Closes the ring (the frontend sees the liveness byte say "closed"),
@@ -301,105 +261,52 @@ fn fail<Req, Rsp>(
     e
 }
 
-impl<Req: RingEntry, Rsp: RingEntry> RingServer<Req, Rsp> {
-    /// Takes up to `max` requests into `out`: Ready(Some(Ok(n))) with
-    /// `n > 0`, Ready(None) at the end, Ready(Some(Err)) once on failure.
-    /// Polls (yields and looks again) while the budget lasts, then asks
-    /// for an event and sleeps.
-    fn poll_take(
-        &mut self,
-        cx: &mut Context<'_>,
-        max: usize,
-        out: &mut dyn FnMut(Req),
-    ) -> Poll<Option<Res<usize>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        let inner = &self.responder.inner;
-        let peer = inner.peer;
-        let mut st = lock(inner);
-        loop {
-            let fields = &mut *st;
-            let r: Res<usize> = match (&fields.error, fields.ring.as_mut()) {
-                (Some(e), _) => Err(e.clone()),
-                (None, None) => Err(AsyncRingError::Closed { peer }),
-                (None, Some(ring)) => (|| {
-                    let mut n = 0;
-                    while n < max {
-                        match ring.take_request()? {
-                            Some(req) => {
-                                out(req);
-                                n += 1;
-                            }
-                            None => break,
-                        }
-                    }
-                    Ok(n)
-                })(),
-            };
-            match r {
-                Ok(0) => {}
-                Ok(n) => {
-                    if fields.budget.is_dry() {
-                        fields.budget.found_work(Instant::now());
-                    }
-                    return Poll::Ready(Some(Ok(n)));
-                }
-                Err(e) => {
-                    let e = fail(inner, st, e);
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
-            match st.peer {
-                PeerState::Running => {}
-                PeerState::Closed => {
-                    self.ended = true;
-                    return Poll::Ready(None);
-                }
-                PeerState::Gone => {
-                    let e = fail(inner, st, AsyncRingError::PeerGone { peer });
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
-            // Dry: poll while the budget lasts, without asking for an event.
-            if let Some(round) = st.budget.round(Instant::now()) {
-                drop(st);
-                if round == Round::YieldCore {
-                    std::thread::yield_now();
-                }
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            let ring = st.ring.as_mut().expect("open while no error");
-            match ring.final_check_for_requests() {
-                Ok(true) => continue,
-                Ok(false) => {
-                    st.waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                Err(e) => {
-                    let e = fail(inner, st, e.into());
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-            }
-        }
-    }
-}
-
 impl<Req: RingEntry + Unpin, Rsp: RingEntry> Stream for RingServer<Req, Rsp> {
     type Item = Res<Req>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Res<Req>>> {
         let this = self.get_mut();
-        let mut got = None;
-        match this.poll_take(cx, 1, &mut |req| got = Some(req)) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(Some(Ok(_))) => Poll::Ready(got.map(Ok)),
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let inner = &this.responder.inner;
+        let mut st = lock(inner);
+        let peer = inner.peer;
+        let fields = &mut *st;
+        let r: Res<Option<Req>> = match (&fields.error, fields.ring.as_mut()) {
+            (Some(e), _) => Err(e.clone()),
+            (None, None) => Err(AsyncRingError::Closed { peer }),
+            (None, Some(ring)) => (|| loop {
+                if let Some(req) = ring.take_request()? {
+                    return Ok(Some(req));
+                }
+                if !ring.final_check_for_requests()? {
+                    return Ok(None);
+                }
+            })(),
+        };
+        match r {
+            Ok(Some(req)) => Poll::Ready(Some(Ok(req))),
+            Ok(None) => match st.peer {
+                PeerState::Running => {
+                    st.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                PeerState::Closed => {
+                    this.ended = true;
+                    Poll::Ready(None)
+                }
+                PeerState::Gone => {
+                    let e = fail(inner, st, AsyncRingError::PeerGone { peer });
+                    this.ended = true;
+                    Poll::Ready(Some(Err(e)))
+                }
+            },
+            Err(e) => {
+                let e = fail(inner, st, e);
+                this.ended = true;
+                Poll::Ready(Some(Err(e)))
+            }
         }
     }
 }

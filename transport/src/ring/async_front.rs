@@ -2,80 +2,64 @@
 //! response to the caller whose request carried its id.
 //!
 //! ```text
-//!  callers (any task)                  driver task (one per ring)
-//!  ------------------                  --------------------------
-//!  acquire slot permit(s)              loop:
-//!  lock: ids, put all, push once         wait for an event (or shutdown)
-//!  unlock; notify iff Yes                lock: take responses, sort them,
-//!  poll: lock, take responses, sort        check the peer's live byte,
-//!    mine? done                            re-arm if someone sleeps
-//!    dry: budget left? yield, look again   unlock; wake the woken
-//!         else arm rsp_event, sleep
+//!  callers (any task)               driver task (one per ring)
+//!  ------------------               --------------------------
+//!  acquire a slot permit            loop:
+//!  lock: id, put, push, register      lock: take responses, final check
+//!  unlock; notify iff Yes             unlock; return permits; wake callers
+//!  await the response                 wait for an event (or shutdown)
 //! ```
 //!
-//! Whoever waits takes responses off the ring itself (a caller, the
-//! [`ResponseStream`]), so a response reaches its caller without a hop
-//! through the driver task while the caller is polling; the driver only
-//! turns the backend's events into wakeups for those that sleep.
-//!
 //! Invariants: the semaphore holds one permit per free slot (a permit is
-//! forgotten when its request is put and given back when its caller
-//! collects the response, when a dropped call's response is discarded, or,
-//! for the [`ResponseStream`], when the response is yielded), so nothing
-//! queues beyond the ring; every outstanding request has an entry in the
-//! [`Waiters`] table, allocated once with one entry per slot (no allocation
-//! or hashing per request); `rsp_event` is set only by an end about to
-//! sleep (a polling end leaves it, so the backend sends no event); the
-//! driver re-arms after taking responses only while some task sleeps; the
-//! lock is never held across an await nor while waking anyone; the first
-//! fatal error is stored, ends every outstanding call, and is returned by
-//! every later call.
+//! forgotten when its request is put and given back when its response is
+//! taken, or, for the [`ResponseStream`], when the response is yielded), so
+//! nothing queues beyond the ring; every outstanding request has an entry
+//! in the `pending` map keyed by its id; the lock is never held across an
+//! await nor while waking anyone; the first fatal error is stored, ends
+//! every outstanding call, and is returned by every later call.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
-use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
+use futures::{Sink, Stream};
+use tokio::sync::{oneshot, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::driver::{
     arm_own, close_own, share_ring, AsyncRingError, PeerState, PeerWatch, RingEndpoint, RingMemory,
     Tagged, BACK_ATTACHED_BYTE, BACK_CLOSED_BYTE, BACK_LIVE_BYTE, FRONT_ATTACHED_BYTE,
     FRONT_CLOSED_BYTE, FRONT_LIVE_BYTE,
 };
-use super::waiters::{Kind, Outcome, Ticket, Waiters};
-use super::wake_list::WakeList;
 use super::{FrontRing, RingEntry, RingStats};
 use crate::platform::{DomId, EventChannel, Platform};
-use crate::polling::{PollBudget, PollStats, Polling, Round};
 
-pub use super::client_split::{RequestSink, ResponseStream};
+type Res<T> = Result<T, AsyncRingError>;
 
-pub(super) type Res<T> = Result<T, AsyncRingError>;
-
-/// The channel to notify after a push, when the push said so.
-pub(super) type Kick = Option<Arc<dyn EventChannel>>;
-
-pub(super) struct State<Req, Rsp> {
-    pub(super) ring: Option<FrontRing<Req, Rsp, RingMemory>>,
-    channel: Option<Arc<dyn EventChannel>>,
-    pub(super) waiters: Waiters<Rsp>,
-    /// Responses for the [`ResponseStream`], at most one per slot permit.
-    pub(super) responses: VecDeque<Rsp>,
-    pub(super) stream_waker: Option<Waker>,
-    pub(super) error: Option<AsyncRingError>,
-    stats: RingStats,
-    pub(super) budget: PollBudget,
+enum Waiter<Rsp> {
+    /// A [`RingClient::call`]; the receiver may have been dropped.
+    Call(oneshot::Sender<Res<Rsp>>),
+    /// A request sent through the [`RequestSink`]: the response goes to the
+    /// [`ResponseStream`].
+    Stream,
 }
 
-pub(super) struct Inner<Req, Rsp> {
-    pub(super) peer: DomId,
-    /// Slots in the ring.
-    pub(super) size: u32,
+struct State<Req, Rsp> {
+    ring: Option<FrontRing<Req, Rsp, RingMemory>>,
+    channel: Option<Arc<dyn EventChannel>>,
+    pending: HashMap<u64, Waiter<Rsp>>,
+    responses: VecDeque<Rsp>,
+    stream_waker: Option<Waker>,
+    next_id: u64,
+    error: Option<AsyncRingError>,
+    stats: RingStats,
+}
+
+struct Inner<Req, Rsp> {
+    peer: DomId,
     state: Mutex<State<Req, Rsp>>,
-    pub(super) slots: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     shutdown: Notify,
 }
 
@@ -92,7 +76,7 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> Drop for Guard<Req, Rsp> 
 /// ring closes when the last clone (and every [`RequestSink`] and
 /// [`ResponseStream`] made from it) is dropped, or at [`RingClient::close`].
 pub struct RingClient<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
-    pub(super) inner: Arc<Inner<Req, Rsp>>,
+    inner: Arc<Inner<Req, Rsp>>,
     guard: Arc<Guard<Req, Rsp>>,
     driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -115,21 +99,10 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> std::fmt::Debug for RingC
     }
 }
 
-pub(super) fn lock<Req, Rsp>(inner: &Inner<Req, Rsp>) -> MutexGuard<'_, State<Req, Rsp>> {
+fn lock<Req, Rsp>(inner: &Inner<Req, Rsp>) -> MutexGuard<'_, State<Req, Rsp>> {
     // A panic while holding the lock leaves consistent data (every update
     // is a single step), so a poisoned lock is used as is.
     inner.state.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a waiting task does after looking at the ring.
-pub(super) enum Dry {
-    /// Poll: yield to the runtime (giving the core up first when asked)
-    /// and look again.
-    Poll(Round),
-    /// The event is armed and nothing came: sleep until woken.
-    Sleep,
-    /// Responses came in the final check: look again now.
-    More,
 }
 
 impl<Req, Rsp> RingClient<Req, Rsp>
@@ -154,29 +127,24 @@ where
         // Zeroes the header (padding included) first: a liveness byte
         // written before would be lost.
         let ring = FrontRing::<Req, Rsp, RingMemory>::init(mem)?;
-        let size = ring.size();
-        let waiters = Waiters::new(size, Req::ID_MASK).ok_or(AsyncRingError::IdSpace {
-            slots: size,
-            id_mask: Req::ID_MASK,
-        })?;
         mem = ring.into_inner();
         arm_own(&mut mem, FRONT_LIVE_BYTE, FRONT_ATTACHED_BYTE, port, peer)?;
         let ring = FrontRing::attach(mem, 0)?;
+        let size = ring.size() as usize;
         let channel: Arc<dyn EventChannel> = Arc::from(channel);
         let inner = Arc::new(Inner {
             peer,
-            size,
             state: Mutex::new(State {
                 ring: Some(ring),
                 channel: Some(channel.clone()),
-                waiters,
-                responses: VecDeque::with_capacity(size as usize),
+                pending: HashMap::with_capacity(size),
+                responses: VecDeque::with_capacity(size),
                 stream_waker: None,
+                next_id: 0,
                 error: None,
                 stats: RingStats::default(),
-                budget: PollBudget::default(),
             }),
-            slots: Arc::new(Semaphore::new(size as usize)),
+            slots: Arc::new(Semaphore::new(size)),
             shutdown: Notify::new(),
         });
         let span = tracing::debug_span!("ring front", peer, port);
@@ -197,39 +165,22 @@ where
     ///
     /// Cancellation safety: dropping the future before it got a slot sends
     /// nothing. Dropping it after the request went onto the ring does not
-    /// take the request back: the backend still answers it, and the answer
-    /// is discarded and its slot freed.
+    /// take the request back: the backend still answers it, and the driver
+    /// discards the answer and frees the slot.
     pub async fn call(&self, mut req: Req) -> Res<Rsp> {
         let permit = self.acquire().await?;
-        let (ticket, channel) = {
+        let (tx, rx) = oneshot::channel();
+        let channel = {
             let mut st = lock(&self.inner);
-            let t = put_all(
-                self.inner.peer,
-                &mut st,
-                std::slice::from_mut(&mut req),
-                Kind::Call,
-            )?;
-            (t.0.expect("one request put"), t.1)
+            put(self.inner.peer, &mut st, &mut req, Waiter::Call(tx))?
         };
         permit.forget();
-        let wait = CallWait {
-            client: self,
-            ticket,
-            finished: false,
-        };
         self.kick(channel)?;
-        wait.await
-    }
-
-    /// Sets how this end waits for responses (adaptive polling by default;
-    /// [`Polling::Off`] sleeps on the event channel at once).
-    pub fn set_polling(&self, polling: Polling) {
-        lock(&self.inner).budget.set_policy(polling);
-    }
-
-    /// Counters of this end's polling.
-    pub fn poll_stats(&self) -> PollStats {
-        lock(&self.inner).budget.stats()
+        match rx.await {
+            Ok(r) => r,
+            // The driver went away without answering: the ring closed.
+            Err(_) => Err(self.error()),
+        }
     }
 
     /// Counters of the ring (requests produced, responses consumed,
@@ -247,13 +198,19 @@ where
     /// Splits into a [`RequestSink`] and a [`ResponseStream`]: requests fed
     /// into the sink are pushed in batches (on flush, or when the ring is
     /// full), and their responses come out of the stream in the order the
-    /// backend produced them. Both also have batch methods
-    /// ([`RequestSink::send_batch`], [`ResponseStream::recv_batch`]) that
-    /// take one lock per batch.
+    /// backend produced them.
     pub fn split(&self) -> (RequestSink<Req, Rsp>, ResponseStream<Req, Rsp>) {
         (
-            RequestSink::new(self.clone(), self.inner.size as usize),
-            ResponseStream::new(self.clone()),
+            RequestSink {
+                client: self.clone(),
+                acquiring: None,
+                permit: None,
+                unpushed: false,
+            },
+            ResponseStream {
+                client: self.clone(),
+                ended: false,
+            },
         )
     }
 
@@ -278,10 +235,8 @@ where
             Err(AcquireError { .. }) => Err(self.error()),
         }
     }
-}
 
-impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
-    pub(super) fn error(&self) -> AsyncRingError {
+    fn error(&self) -> AsyncRingError {
         lock(&self.inner)
             .error
             .clone()
@@ -290,8 +245,24 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
             })
     }
 
-    /// Notifies the backend (outside the lock) when a push said so.
-    pub(super) fn kick(&self, channel: Kick) -> Res<()> {
+    /// Pushes what was put; notifies (outside the lock) when the ring says
+    /// so.
+    fn push(&self) -> Res<()> {
+        let channel = {
+            let mut st = lock(&self.inner);
+            let ring = st.ring.as_mut().ok_or(AsyncRingError::Closed {
+                peer: self.inner.peer,
+            })?;
+            match ring.push_requests() {
+                Ok(n) if n.needed() => st.channel.clone(),
+                Ok(_) => None,
+                Err(e) => return Err(fail(&self.inner, st, e.into())),
+            }
+        };
+        self.kick(channel)
+    }
+
+    fn kick(&self, channel: Option<Arc<dyn EventChannel>>) -> Res<()> {
         if let Some(ch) = channel {
             if let Err(e) = ch.notify() {
                 let e = AsyncRingError::platform(self.inner.peer, "notify the backend", e);
@@ -303,260 +274,84 @@ impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
     }
 }
 
-#[cfg(test)]
-impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> RingClient<Req, Rsp> {
-    /// Runs `f` on the ring's memory while it is open.
-    pub(super) fn with_region<T>(&self, f: impl FnOnce(&crate::shm::Region) -> T) -> Option<T> {
-        lock(&self.inner).ring.as_ref().map(|r| f(r.region()))
-    }
-}
-
-/// Under the lock: gives each request a fresh id, puts them all, registers
-/// them as `kind`, and pushes once. Returns the first request's ticket and
-/// the channel to notify if the push says so. The caller holds one slot
-/// permit per request.
-pub(super) fn put_all<Req: RingEntry + Tagged, Rsp: RingEntry>(
+/// Under the lock: gives `req` a fresh id, puts it, registers `waiter`, and
+/// (for calls) pushes; returns the channel to notify if the push says so.
+fn put<Req: RingEntry + Tagged, Rsp: RingEntry>(
     peer: DomId,
     st: &mut State<Req, Rsp>,
-    reqs: &mut [Req],
-    kind: Kind,
-) -> Res<(Option<Ticket>, Kick)> {
+    req: &mut Req,
+    waiter: Waiter<Rsp>,
+) -> Res<Option<Arc<dyn EventChannel>>> {
     if let Some(e) = &st.error {
         return Err(e.clone());
     }
+    let push = matches!(waiter, Waiter::Call(_));
+    let id = loop {
+        let id = st.next_id & Req::ID_MASK;
+        st.next_id = st.next_id.wrapping_add(1);
+        if !st.pending.contains_key(&id) {
+            break id;
+        }
+    };
+    req.set_id(id);
     let Some(ring) = st.ring.as_mut() else {
         return Err(AsyncRingError::Closed { peer });
     };
-    let mut first = None;
-    let mut r = Ok(());
-    for req in reqs.iter_mut() {
-        let Some(t) = st.waiters.alloc(kind) else {
-            // Unreachable while every caller holds a permit per request.
-            r = Err(AsyncRingError::Closed { peer });
-            break;
-        };
-        req.set_id(t.id);
-        if let Err(e) = ring.put_request(req) {
-            st.waiters.unalloc(t);
-            r = Err(e.into());
-            break;
-        }
-        first.get_or_insert(t);
+    ring.put_request(req)?;
+    st.pending.insert(id, waiter);
+    if push && st.ring.as_mut().expect("checked").push_requests()?.needed() {
+        return Ok(st.channel.clone());
     }
-    // Push what was put even if one put was refused.
-    let notify = ring.push_requests()?;
-    r?;
-    Ok((first, notify.needed().then(|| st.channel.clone()).flatten()))
+    Ok(None)
 }
 
-impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> Inner<Req, Rsp> {
-    /// Under the lock: takes responses off the ring until it is empty or
-    /// `wl` is full, sorting each to its caller (whose waker goes into
-    /// `wl`), to the stream, or away (a dropped call's). Returns the
-    /// responses taken and the slot permits to give back.
-    pub(super) fn harvest(
-        &self,
-        st: &mut State<Req, Rsp>,
-        wl: &mut WakeList,
-    ) -> Res<(usize, usize)> {
-        let (mut taken, mut freed) = (0, 0);
-        let Some(ring) = st.ring.as_mut() else {
-            return Err(AsyncRingError::Closed { peer: self.peer });
-        };
-        while !wl.is_full() {
-            let Some(rsp) = ring.take_response()? else {
-                break;
-            };
-            taken += 1;
-            match st.waiters.on_response(rsp.id(), rsp) {
-                Outcome::Kept(w) => {
-                    if let Some(w) = w {
-                        wl.push(w);
-                    }
-                }
-                Outcome::Stream(rsp) => {
-                    st.responses.push_back(rsp);
-                    if let Some(w) = st.stream_waker.take() {
-                        wl.push(w);
-                    }
-                }
-                Outcome::Discarded => freed += 1,
-                Outcome::Unknown(id) => {
-                    return Err(AsyncRingError::UnknownId {
-                        peer: self.peer,
-                        id,
-                    })
-                }
-            }
-        }
-        if taken > 0 && st.budget.is_dry() {
-            st.budget.found_work(Instant::now());
-        }
-        Ok((taken, freed))
-    }
-
-    /// Under the lock, after a harvest found nothing for the caller: poll
-    /// once more while the budget lasts, else ask for an event (final
-    /// check). The caller registers its waker on [`Dry::Sleep`].
-    pub(super) fn dry(&self, st: &mut State<Req, Rsp>) -> Res<Dry> {
-        if let Some(round) = st.budget.round(Instant::now()) {
-            return Ok(Dry::Poll(round));
-        }
-        let ring = st
-            .ring
-            .as_mut()
-            .ok_or(AsyncRingError::Closed { peer: self.peer })?;
-        Ok(if ring.final_check_for_responses()? {
-            Dry::More
-        } else {
-            Dry::Sleep
-        })
-    }
-
-    /// Outside the lock: wakes what a harvest collected and gives back the
-    /// permits of discarded responses.
-    pub(super) fn settle(&self, wl: &mut WakeList, freed: usize) {
-        wl.wake_all();
-        if freed > 0 {
-            self.slots.add_permits(freed);
-        }
-    }
-}
-
-/// Outside the lock, after [`Dry::Poll`]: give the core up when asked, and
-/// have the task polled again after the runtime's other tasks.
-pub(super) fn yield_round(round: Round, cx: &mut Context<'_>) {
-    if round == Round::YieldCore {
-        std::thread::yield_now();
-    }
-    cx.waker().wake_by_ref();
-}
-
-/// The wait of one [`RingClient::call`] for its response.
-struct CallWait<'a, Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
-    client: &'a RingClient<Req, Rsp>,
-    ticket: Ticket,
-    finished: bool,
-}
-
-impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> Future for CallWait<'_, Req, Rsp> {
-    type Output = Res<Rsp>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Res<Rsp>> {
-        let this = self.get_mut();
-        let inner = &this.client.inner;
-        let mut wl = WakeList::new();
-        let mut freed = 0;
-        let mut st = lock(inner);
-        let step: Result<Poll<Rsp>, AsyncRingError> = loop {
-            if let Some(rsp) = st.waiters.poll_call(this.ticket, None) {
-                // Our slot is free again.
-                freed += 1;
-                break Ok(Poll::Ready(rsp));
-            }
-            if let Some(e) = &st.error {
-                break Err(e.clone());
-            }
-            match inner.harvest(&mut st, &mut wl) {
-                Err(e) => break Err(e),
-                Ok((taken, f)) => {
-                    freed += f;
-                    if taken > 0 {
-                        if wl.is_full() {
-                            drop(st);
-                            inner.settle(&mut wl, std::mem::take(&mut freed));
-                            st = lock(inner);
-                        }
-                        continue;
-                    }
-                }
-            }
-            match inner.dry(&mut st) {
-                Err(e) => break Err(e),
-                Ok(Dry::More) => continue,
-                Ok(Dry::Sleep) => {
-                    st.waiters.poll_call(this.ticket, Some(cx.waker()));
-                    break Ok(Poll::Pending);
-                }
-                Ok(Dry::Poll(round)) => {
-                    drop(st);
-                    inner.settle(&mut wl, freed);
-                    yield_round(round, cx);
-                    return Poll::Pending;
-                }
-            }
-        };
-        match step {
-            Ok(Poll::Pending) => {
-                drop(st);
-                inner.settle(&mut wl, freed);
-                Poll::Pending
-            }
-            Ok(Poll::Ready(rsp)) => {
-                drop(st);
-                inner.settle(&mut wl, freed);
-                this.finished = true;
-                Poll::Ready(Ok(rsp))
-            }
-            Err(e) => {
-                let e = if st.error.is_none() {
-                    fail(inner, st, e)
-                } else {
-                    drop(st);
-                    e
-                };
-                inner.settle(&mut wl, freed);
-                this.finished = true;
-                Poll::Ready(Err(e))
-            }
-        }
-    }
-}
-
-impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> Drop for CallWait<'_, Req, Rsp> {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let inner = &self.client.inner;
-        let give_back = lock(inner).waiters.abandon(self.ticket);
-        if give_back {
-            inner.slots.add_permits(1);
-        }
-    }
-}
-
-/// Stores `e` as the ring's error (unless one is there), wakes every
-/// sleeping caller and the stream (after dropping the lock: they find the
-/// error), and stops the driver. Returns the stored error.
-pub(super) fn fail<Req, Rsp>(
+/// Stores `e` as the ring's error (unless one is there), ends every
+/// outstanding call with it (after dropping the lock), and stops the
+/// driver. Returns the stored error.
+fn fail<Req, Rsp>(
     inner: &Inner<Req, Rsp>,
     mut st: MutexGuard<'_, State<Req, Rsp>>,
     e: AsyncRingError,
 ) -> AsyncRingError {
     let e = st.error.get_or_insert(e).clone();
-    let wakers = st.waiters.take_wakers();
+    let pending = std::mem::take(&mut st.pending);
     let waker = st.stream_waker.take();
     drop(st);
     inner.slots.close();
     inner.shutdown.notify_one();
-    for w in wakers.into_iter().chain(waker) {
+    for (_, w) in pending {
+        if let Waiter::Call(tx) = w {
+            let _ = tx.send(Err(e.clone()));
+        }
+    }
+    if let Some(w) = waker {
         w.wake();
     }
     e
 }
 
-/// The driver: when the backend signals, takes responses and wakes their
-/// sleeping callers, watches the backend's liveness byte, and re-arms the
-/// event while anyone sleeps.
+/// The driver: takes responses when the backend signals, hands them out,
+/// and sleeps on the event channel after a final check.
 async fn drive<Req, Rsp>(inner: Arc<Inner<Req, Rsp>>, channel: Arc<dyn EventChannel>)
 where
     Req: RingEntry + Tagged,
     Rsp: RingEntry + Tagged,
 {
     let mut watch = PeerWatch::new(BACK_LIVE_BYTE, BACK_CLOSED_BYTE, BACK_ATTACHED_BYTE);
+    let mut done: Vec<(oneshot::Sender<Res<Rsp>>, Rsp)> = Vec::new();
     let peer = inner.peer;
     loop {
+        let (freed, waker, outcome) = harvest(&inner, &mut watch, &mut done);
+        // Answers taken before an error still reach their callers.
+        wake_all(&inner, &mut done, freed, waker);
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                fail(&inner, lock(&inner), e);
+                break;
+            }
+        }
         tokio::select! {
             r = poll_fn(|cx| channel.poll_event(cx)) => {
                 if let Err(e) = r {
@@ -569,9 +364,6 @@ where
                 fail(&inner, lock(&inner), AsyncRingError::Closed { peer });
                 break;
             }
-        }
-        if !on_event(&inner, &mut watch) {
-            break;
         }
     }
     // Release the pages and the port; tell the peer we are gone.
@@ -588,62 +380,213 @@ where
     drop(channel);
 }
 
-/// One event: harvest, check the peer, re-arm while someone sleeps. False
-/// when the ring is closed (now or before).
-fn on_event<Req, Rsp>(inner: &Inner<Req, Rsp>, watch: &mut PeerWatch) -> bool
+/// Under the lock: takes every response (final check included), sorts
+/// them to their callers or the stream, and reads the backend's liveness
+/// byte. Returns the permits to give back, the stream's waker if it has
+/// new responses, and whether to go on (false: the ring was already
+/// closed).
+#[allow(clippy::type_complexity)]
+fn harvest<Req, Rsp>(
+    inner: &Inner<Req, Rsp>,
+    watch: &mut PeerWatch,
+    done: &mut Vec<(oneshot::Sender<Res<Rsp>>, Rsp)>,
+) -> (usize, Option<Waker>, Res<bool>)
 where
     Req: RingEntry + Tagged,
     Rsp: RingEntry + Tagged,
 {
-    let mut wl = WakeList::new();
-    let mut freed = 0;
-    let mut st = lock(inner);
+    let mut guard = lock(inner);
+    let st = &mut *guard;
+    if st.error.is_some() {
+        return (0, None, Ok(false));
+    }
+    let (mut freed, mut to_stream) = (0usize, false);
+    let Some(ring) = st.ring.as_mut() else {
+        return (0, None, Ok(false));
+    };
     let peer = inner.peer;
-    let outcome: Res<()> = loop {
-        if st.error.is_some() {
-            drop(st);
-            inner.settle(&mut wl, freed);
-            return false;
+    let outcome: Res<PeerState> = (|| loop {
+        while let Some(rsp) = ring.take_response()? {
+            match st.pending.remove(&rsp.id()) {
+                Some(Waiter::Call(tx)) => {
+                    freed += 1;
+                    done.push((tx, rsp));
+                }
+                Some(Waiter::Stream) => {
+                    to_stream = true;
+                    st.responses.push_back(rsp);
+                }
+                None => return Err(AsyncRingError::UnknownId { peer, id: rsp.id() }),
+            }
         }
-        match inner.harvest(&mut st, &mut wl) {
-            Err(e) => break Err(e),
-            Ok((taken, f)) => {
-                freed += f;
-                if taken > 0 && wl.is_full() {
-                    drop(st);
-                    inner.settle(&mut wl, std::mem::take(&mut freed));
-                    st = lock(inner);
-                    continue;
+        if !ring.final_check_for_responses()? {
+            return Ok(watch.check(ring.region()));
+        }
+    })();
+    let waker = if to_stream {
+        st.stream_waker.take()
+    } else {
+        None
+    };
+    let outcome = match outcome {
+        Ok(PeerState::Running) => Ok(true),
+        Ok(PeerState::Closed) => Err(AsyncRingError::PeerClosed { peer }),
+        Ok(PeerState::Gone) => Err(AsyncRingError::PeerGone { peer }),
+        Err(e) => Err(e),
+    };
+    (freed, waker, outcome)
+}
+
+fn wake_all<Req, Rsp>(
+    inner: &Inner<Req, Rsp>,
+    done: &mut Vec<(oneshot::Sender<Res<Rsp>>, Rsp)>,
+    freed: usize,
+    waker: Option<Waker>,
+) {
+    if freed > 0 {
+        inner.slots.add_permits(freed);
+    }
+    for (tx, rsp) in done.drain(..) {
+        let _ = tx.send(Ok(rsp));
+    }
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The sending half of [`RingClient::split`]: a `Sink` of requests. A
+/// request takes a slot at `poll_ready` (waiting while the ring is full,
+/// after pushing what is unpushed) and is put on the ring at `start_send`;
+/// `poll_flush` pushes and notifies.
+pub struct RequestSink<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
+    client: RingClient<Req, Rsp>,
+    acquiring: Option<Acquire>,
+    permit: Option<OwnedSemaphorePermit>,
+    unpushed: bool,
+}
+
+impl<Req, Rsp> Sink<Req> for RequestSink<Req, Rsp>
+where
+    Req: RingEntry + Tagged + Send + Unpin + 'static,
+    Rsp: RingEntry + Tagged + Send + Unpin + 'static,
+{
+    type Error = AsyncRingError;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Res<()>> {
+        let this = &mut *self;
+        if this.permit.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if this.acquiring.is_none() {
+            if let Ok(p) = this.client.inner.slots.clone().try_acquire_owned() {
+                this.permit = Some(p);
+                return Poll::Ready(Ok(()));
+            }
+            // Full: publish what we hold back before waiting for slots.
+            if this.unpushed {
+                this.unpushed = false;
+                this.client.push()?;
+            }
+            this.acquiring = Some(Box::pin(this.client.inner.slots.clone().acquire_owned()));
+        }
+        let acq = this.acquiring.as_mut().expect("set above");
+        match acq.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                this.acquiring = None;
+                match r {
+                    Ok(p) => {
+                        this.permit = Some(p);
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(_) => Poll::Ready(Err(this.client.error())),
                 }
             }
         }
-        let ring = st.ring.as_mut().expect("open while no error");
-        match watch.check(ring.region()) {
-            PeerState::Running => {}
-            PeerState::Closed => break Err(AsyncRingError::PeerClosed { peer }),
-            PeerState::Gone => break Err(AsyncRingError::PeerGone { peer }),
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, mut req: Req) -> Res<()> {
+        let permit = self.permit.take().expect("start_send without poll_ready");
+        {
+            let mut st = lock(&self.client.inner);
+            put(self.client.inner.peer, &mut st, &mut req, Waiter::Stream)?;
         }
-        let sleepers = st.waiters.sleeping() > 0 || st.stream_waker.is_some();
-        if !sleepers {
-            break Ok(());
+        permit.forget();
+        self.unpushed = true;
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Res<()>> {
+        if self.unpushed {
+            self.unpushed = false;
+            self.client.push()?;
         }
-        match st.ring.as_mut().expect("open").final_check_for_responses() {
-            Ok(true) => continue,
-            Ok(false) => break Ok(()),
-            Err(e) => break Err(e.into()),
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Res<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+/// The receiving half of [`RingClient::split`]: responses to the requests
+/// sent through the [`RequestSink`], in the order the backend produced
+/// them. Ends with the error that closed the ring, then `None`.
+pub struct ResponseStream<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> {
+    client: RingClient<Req, Rsp>,
+    ended: bool,
+}
+
+impl<Req, Rsp> Stream for ResponseStream<Req, Rsp>
+where
+    Req: RingEntry + Tagged + Send + Unpin + 'static,
+    Rsp: RingEntry + Tagged + Send + Unpin + 'static,
+{
+    type Item = Res<Rsp>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Res<Rsp>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
         }
-    };
-    match outcome {
-        Ok(()) => {
+        let inner = &this.client.inner;
+        let mut st = lock(inner);
+        if let Some(rsp) = st.responses.pop_front() {
             drop(st);
-            inner.settle(&mut wl, freed);
-            true
+            // The slot is free once the response is out of our hands.
+            inner.slots.add_permits(1);
+            return Poll::Ready(Some(Ok(rsp)));
         }
-        Err(e) => {
-            // Answers taken before the error still reach their callers.
-            fail(inner, st, e);
-            inner.settle(&mut wl, freed);
-            false
+        if let Some(e) = &st.error {
+            // Yield the error once, then end.
+            let e = e.clone();
+            drop(st);
+            this.ended = true;
+            return Poll::Ready(Some(Err(e)));
         }
+        st.stream_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> std::fmt::Debug for RequestSink<Req, Rsp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSink")
+            .field("peer", &self.client.inner.peer)
+            .field("unpushed", &self.unpushed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Req: RingEntry + Tagged, Rsp: RingEntry + Tagged> std::fmt::Debug
+    for ResponseStream<Req, Rsp>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("peer", &self.client.inner.peer)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
     }
 }

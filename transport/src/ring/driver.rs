@@ -105,15 +105,6 @@ pub enum AsyncRingError {
         /// The peer domain.
         peer: DomId,
     },
-    /// The request type's ids are too few to tell every slot's request
-    /// apart (`Tagged::ID_MASK` must be at least the ring size minus one).
-    #[error("ring of {slots} slots: request ids modulo {} cannot tell that many outstanding requests apart", *id_mask as u128 + 1)]
-    IdSpace {
-        /// Slots in the ring.
-        slots: u32,
-        /// The request type's `Tagged::ID_MASK`.
-        id_mask: u64,
-    },
     /// A platform operation (event channel, grants) failed.
     #[error("ring with domain {peer}: {what}: {source}")]
     Platform {

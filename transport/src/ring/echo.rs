@@ -2,6 +2,8 @@
 //! benchmarks: each response carries data derived from its request, so a
 //! test can check every answer's content.
 
+use futures::StreamExt;
+
 use super::{AsyncRingError, RingEntry, RingServer, Tagged};
 
 /// A 64-byte ring entry: an id (bytes 0..8, little-endian) and 56 bytes of
@@ -64,30 +66,26 @@ impl Tagged for Msg64 {
     }
 }
 
-/// Serves `server` with [`Msg64::answer`], taking every request at hand
-/// with one [`RingServer::next_batch`] and answering the batch with one
-/// push, until the frontend closes (then `Ok(count)`) or the ring fails.
-/// Allocates its two batch buffers once.
+/// Serves `server` with [`Msg64::answer`], answering every batch of
+/// requests at hand with one push, until the frontend closes (then
+/// `Ok(count)`) or the ring fails.
 ///
-/// Cancellation safety: requests taken into the current batch are answered
-/// before any await; the others stay on the ring.
+/// Cancellation safety: dropping the future loses no request that was not
+/// answered yet only in the sense that they stay on the ring; requests
+/// taken into the current batch are answered before any await.
 pub async fn serve_echo(mut server: RingServer<Msg64, Msg64>) -> Result<u64, AsyncRingError> {
     let mut count = 0u64;
-    let mut reqs: Vec<Msg64> = Vec::with_capacity(BATCH);
-    let mut rsps: Vec<Msg64> = Vec::with_capacity(BATCH);
-    loop {
-        reqs.clear();
-        if server.next_batch(&mut reqs, BATCH).await? == 0 {
-            break;
+    let mut batch: Vec<Msg64> = Vec::with_capacity(64);
+    while let Some(first) = server.next().await {
+        batch.push(Msg64::answer(&first?));
+        // Whatever else is ready now goes into the same push.
+        while let Some(Some(more)) = futures::FutureExt::now_or_never(server.next()) {
+            batch.push(Msg64::answer(&more?));
         }
-        rsps.clear();
-        rsps.extend(reqs.iter().map(Msg64::answer));
-        server.respond_all(rsps.iter())?;
-        count += rsps.len() as u64;
+        server.respond_all(batch.iter())?;
+        count += batch.len() as u64;
+        batch.clear();
     }
     server.close().await;
     Ok(count)
 }
-
-/// Requests [`serve_echo`] takes per batch at most.
-const BATCH: usize = 256;

@@ -50,11 +50,8 @@
 //! | `front.rs` | [`FrontRing`] |
 //! | `back.rs` | [`BackRing`] |
 //! | `driver.rs` | what the async ends share: [`AsyncRingError`], [`Tagged`], [`RingMemory`], liveness bytes, set-up helpers ([`share_ring`], [`map_ring`]) |
-//! | `async_front.rs` | [`RingClient`] (calls matched by id) on tokio: responses taken by whoever waits, adaptive polling ([`crate::polling`]) before sleeping |
-//! | `client_split.rs` | [`RequestSink`] + [`ResponseStream`], the halves of [`RingClient::split`], with batch methods (one lock and one push per batch) |
-//! | `waiters.rs` | the frontend's table of outstanding requests keyed by id, one entry per slot, allocated once |
-//! | `wake_list.rs` | wakers collected under a lock and woken after it, without allocating |
-//! | `async_back.rs` | [`RingServer`] (a `Stream` of requests, [`RingServer::next_batch`]) and [`Responder`] on tokio, with adaptive polling |
+//! | `async_front.rs` | [`RingClient`] (calls matched by id; [`RequestSink`] + [`ResponseStream`]) on tokio |
+//! | `async_back.rs` | [`RingServer`] (a `Stream` of requests) and [`Responder`] on tokio |
 //! | `echo.rs` | [`echo::Msg64`] and an echo backend, for tests and benchmarks |
 //! | `keys.rs` | XenStore keys of (multi-page) rings: `ring-ref`, `ring-ref%u`, `ring-page-order`, `max-ring-page-order` |
 //!
@@ -128,14 +125,6 @@
 //! sets it to `consumer + 1`, so a batch of N that crosses it notifies once;
 //! a consumer that is still busy (it has not asked) gets no notification.
 //!
-//! Polling (the async ends, [`crate::polling`]): a consumer that finds the
-//! ring empty may look at the producer index again for a while instead of
-//! calling `final_check_*` at once. It leaves its event index where it
-//! was, behind what it has consumed, so the producer's pushes find it
-//! outside `(old, new]` and send nothing; only a consumer about to sleep
-//! asks (`final_check_*`), and the two fences above keep that hand-over
-//! free of lost wakeups as before.
-//!
 //! # Differences from ring.h, on purpose
 //!
 //! * The "old" producer of the notify rule is kept privately (the value this
@@ -151,15 +140,12 @@
 mod async_back;
 mod async_front;
 mod back;
-mod client_split;
 mod driver;
 pub mod echo;
 mod entry;
 mod front;
 pub mod keys;
 mod shared;
-mod waiters;
-mod wake_list;
 
 pub use async_back::{Responder, RingServer};
 pub use async_front::{RequestSink, ResponseStream, RingClient};
@@ -314,5 +300,3 @@ impl RingError {
 mod tests;
 #[cfg(test)]
 mod tests_async;
-#[cfg(test)]
-mod tests_batch;

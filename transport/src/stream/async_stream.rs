@@ -30,18 +30,10 @@
 //! spawned driver would release them whenever the runtime got round to
 //! dropping the aborted task).
 //!
-//! # Notifications and polling
+//! # Notifications
 //!
 //! The peer is sent an event only when the sans-IO layer says
 //! [`NotifyNeeded::Yes`] (it asked with its notify bits), and once on close.
-//!
-//! A half that finds its ring empty (reader) or full (writer) first polls
-//! ([`crate::polling`], adaptive by default, set per stream or half with
-//! `set_polling`): while its budget lasts it yields to the runtime and
-//! looks at the peer's index again *without* setting a notify bit
-//! ([`Consumer::try_read`], [`Producer::try_write`]), so a busy peer sends
-//! no events; then it sets the bit ([`Consumer::read`],
-//! [`Producer::write`]), checks once more and waits for the event.
 //!
 //! # End of stream and errors
 //!
@@ -81,13 +73,11 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Wake, Waker};
-use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{Consumer, NotifyNeeded, PeerState, Producer, RingStats, StreamError, Vchan};
 use crate::platform::{DomId, EventChannel};
-use crate::polling::{PollBudget, PollStats, Polling, Round};
 
 const READ: usize = 0;
 const WRITE: usize = 1;
@@ -232,7 +222,6 @@ pub struct VchanStream {
 pub struct VchanReader {
     rx: Consumer,
     driver: Arc<Driver>,
-    budget: PollBudget,
 }
 
 /// The writing half of a [`VchanStream`].
@@ -240,7 +229,6 @@ pub struct VchanReader {
 pub struct VchanWriter {
     tx: Producer,
     driver: Arc<Driver>,
-    budget: PollBudget,
 }
 
 impl VchanStream {
@@ -262,13 +250,8 @@ impl VchanStream {
             reader: VchanReader {
                 rx,
                 driver: driver.clone(),
-                budget: PollBudget::default(),
             },
-            writer: VchanWriter {
-                tx,
-                driver,
-                budget: PollBudget::default(),
-            },
+            writer: VchanWriter { tx, driver },
         }
     }
 
@@ -302,41 +285,9 @@ impl VchanStream {
         s.tx = self.writer.tx.stats();
         s
     }
-
-    /// Sets how both halves wait on an empty or full ring (adaptive
-    /// polling by default; [`Polling::Off`] sleeps on the event channel at
-    /// once).
-    pub fn set_polling(&mut self, polling: Polling) {
-        self.reader.set_polling(polling);
-        self.writer.set_polling(polling);
-    }
-
-    /// Counters of the halves' polling: (reader, writer).
-    pub fn poll_stats(&self) -> (PollStats, PollStats) {
-        (self.reader.budget.stats(), self.writer.budget.stats())
-    }
-}
-
-/// Outside any lock, for a polling round: give the core up when asked,
-/// and have the task polled again after the runtime's other tasks.
-fn yield_round(round: Round, cx: &mut Context<'_>) {
-    if round == Round::YieldCore {
-        std::thread::yield_now();
-    }
-    cx.waker().wake_by_ref();
 }
 
 impl VchanReader {
-    /// Sets how this half waits on an empty ring.
-    pub fn set_polling(&mut self, polling: Polling) {
-        self.budget.set_policy(polling);
-    }
-
-    /// Counters of this half's polling.
-    pub fn poll_stats(&self) -> PollStats {
-        self.budget.stats()
-    }
-
     /// Counters so far (`tx` is left at zero: the writer has it).
     pub fn stats(&self) -> StreamStats {
         StreamStats {
@@ -349,16 +300,6 @@ impl VchanReader {
 }
 
 impl VchanWriter {
-    /// Sets how this half waits on a full ring.
-    pub fn set_polling(&mut self, polling: Polling) {
-        self.budget.set_policy(polling);
-    }
-
-    /// Counters of this half's polling.
-    pub fn poll_stats(&self) -> PollStats {
-        self.budget.stats()
-    }
-
     /// Counters so far (`rx` is left at zero: the reader has it).
     pub fn stats(&self) -> StreamStats {
         StreamStats {
@@ -383,38 +324,18 @@ impl AsyncRead for VchanReader {
             return Poll::Ready(Ok(()));
         }
         loop {
-            // First without asking for an event: while we poll, the writer
-            // sends none.
-            for arm in [false, true] {
-                let dst = buf.initialize_unfilled();
-                let (n, notify) = if arm {
-                    this.rx.read(dst)
-                } else {
-                    this.rx.try_read(dst)
-                }
-                .map_err(io_error)?;
-                if n > 0 {
-                    if this.budget.is_dry() {
-                        this.budget.found_work(Instant::now());
-                    }
-                    buf.advance(n);
-                    this.driver.notify(notify)?;
-                    return Poll::Ready(Ok(()));
-                }
-                // Nothing waiting. The live byte is read before the index:
-                // bytes written just before a close are never taken for the
-                // end.
-                if this.rx.at_eof().map_err(io_error)? {
-                    return Poll::Ready(Ok(()));
-                }
-                if !arm {
-                    if let Some(round) = this.budget.round(Instant::now()) {
-                        yield_round(round, cx);
-                        return Poll::Pending;
-                    }
-                }
+            let (n, notify) = this.rx.read(buf.initialize_unfilled()).map_err(io_error)?;
+            if n > 0 {
+                buf.advance(n);
+                this.driver.notify(notify)?;
+                return Poll::Ready(Ok(()));
             }
-            // The writer has been asked for an event.
+            // Nothing waiting, and the writer has been asked for an event.
+            // The live byte is read before the index: bytes written just
+            // before a close are never taken for the end.
+            if this.rx.at_eof().map_err(io_error)? {
+                return Poll::Ready(Ok(()));
+            }
             ready!(this.driver.poll_event(READ, cx))?;
         }
     }
@@ -454,23 +375,8 @@ impl AsyncWrite for VchanWriter {
                 }
                 PeerState::Connected | PeerState::NotYetConnected => {}
             }
-            // First without asking for an event: while we poll, the reader
-            // sends none.
-            let (n, notify) = this.tx.try_write(data).map_err(io_error)?;
-            if n > 0 {
-                if this.budget.is_dry() {
-                    this.budget.found_work(Instant::now());
-                }
-                this.driver.notify(notify)?;
-                return Poll::Ready(Ok(n));
-            }
-            if let Some(round) = this.budget.round(Instant::now()) {
-                yield_round(round, cx);
-                return Poll::Pending;
-            }
             let (n, notify) = this.tx.write(data).map_err(io_error)?;
             if n > 0 {
-                this.budget.found_work(Instant::now());
                 this.driver.notify(notify)?;
                 return Poll::Ready(Ok(n));
             }

@@ -326,22 +326,6 @@ impl Producer {
     /// [`Producer::peer_state`], typically before waiting. Writing after this
     /// end closed is [`StreamError::Closed`].
     pub fn write(&mut self, data: &[u8]) -> Result<(usize, NotifyNeeded), StreamError> {
-        self.write_inner(data, true)
-    }
-
-    /// Like [`Producer::write`], but a full ring asks the reader for no
-    /// event (0 written, nothing requested): for an end that polls the
-    /// shared indexes before it sleeps ([`crate::polling`]). Once it stops
-    /// polling it must call [`Producer::write`], which asks.
-    pub fn try_write(&mut self, data: &[u8]) -> Result<(usize, NotifyNeeded), StreamError> {
-        self.write_inner(data, false)
-    }
-
-    fn write_inner(
-        &mut self,
-        data: &[u8],
-        arm: bool,
-    ) -> Result<(usize, NotifyNeeded), StreamError> {
         self.shared.check()?;
         if self.shared.is_closed() {
             return Err(StreamError::Closed {
@@ -353,9 +337,6 @@ impl Producer {
         }
         self.check_own()?;
         let mut free = self.free()?;
-        if free == 0 && !arm {
-            return Ok((0, NotifyNeeded::No));
-        }
         if free == 0 {
             // We would block: ask the reader to tell us when it consumes,
             // then look again in case it did so before seeing the request.
@@ -504,31 +485,12 @@ impl Consumer {
     /// Reading stays possible after this end closed: the peer may have
     /// written before it noticed.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<(usize, NotifyNeeded), StreamError> {
-        self.read_inner(buf, true)
-    }
-
-    /// Like [`Consumer::read`], but an empty ring asks the writer for no
-    /// event (0 read, nothing requested): for an end that polls the shared
-    /// indexes before it sleeps ([`crate::polling`]). Once it stops polling
-    /// it must call [`Consumer::read`], which asks.
-    pub fn try_read(&mut self, buf: &mut [u8]) -> Result<(usize, NotifyNeeded), StreamError> {
-        self.read_inner(buf, false)
-    }
-
-    fn read_inner(
-        &mut self,
-        buf: &mut [u8],
-        arm: bool,
-    ) -> Result<(usize, NotifyNeeded), StreamError> {
         self.shared.check()?;
         if buf.is_empty() {
             return Ok((0, NotifyNeeded::No));
         }
         self.check_own()?;
         let mut ready = self.ready()?;
-        if ready == 0 && !arm {
-            return Ok((0, NotifyNeeded::No));
-        }
         if ready == 0 {
             // We would block: ask the writer to tell us when it writes, then
             // look again in case it did so before seeing the request.
