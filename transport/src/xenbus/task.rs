@@ -286,11 +286,13 @@ impl Task {
             for a in actions {
                 if let Some(next) = self.act(a).await? {
                     // The rest of the batch assumed this action worked
-                    // (PublishFeatures then InitWait): after a failure or
-                    // a removal, the machine decides afresh.
-                    let stop = matches!(next, Input::Failed(_) | Input::Removed);
+                    // (PublishFeatures, then InitWait): after a failure
+                    // the machine decides afresh. (Not after a removal: a
+                    // batch that ends the task, Closed then Exit, meets a
+                    // removed directory and must still reach its Exit.)
+                    let failed = matches!(next, Input::Failed(_));
                     queue.push_back(next);
-                    if stop {
+                    if failed {
                         break;
                     }
                 }
