@@ -54,32 +54,24 @@ impl Json {
                 }
                 out.push(']');
             }
-            Json::Obj(kv) => {
-                out.push('{');
-                for (i, (k, v)) in kv.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    quote(k, out);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
-            Json::Map(kv) => {
-                out.push('{');
-                for (i, (k, v)) in kv.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    quote(k, out);
-                    out.push(':');
-                    v.write(out);
-                }
-                out.push('}');
-            }
+            Json::Obj(kv) => object(kv.iter().map(|(k, v)| (*k, v)), out),
+            Json::Map(kv) => object(kv.iter().map(|(k, v)| (k.as_str(), v)), out),
         }
     }
+}
+
+/// An object of `kv`, in order.
+fn object<'a>(kv: impl Iterator<Item = (&'a str, &'a Json)>, out: &mut String) {
+    out.push('{');
+    for (i, (k, v)) in kv.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        quote(k, out);
+        out.push(':');
+        v.write(out);
+    }
+    out.push('}');
 }
 
 /// A JSON string literal (RFC 8259: `"`, `\` and control characters

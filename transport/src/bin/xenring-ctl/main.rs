@@ -289,15 +289,7 @@ fn run(cli: Cli) -> Result<()> {
                 timeout,
                 force,
             } => {
-                let id = match backend {
-                    Some(be) => DeviceId {
-                        backend: be,
-                        ..device
-                    },
-                    None => find_device(&xs, &device.kind, device.frontend, device.devid)
-                        .await?
-                        .unwrap_or(device),
-                };
+                let id = named(&xs, &device, backend).await?.unwrap_or(device);
                 let opts = RemoveOptions {
                     timeout: Duration::from_secs_f64(timeout),
                     force,
@@ -321,15 +313,9 @@ fn run(cli: Cli) -> Result<()> {
                 backend,
                 json,
             } => {
-                let id = match backend {
-                    Some(be) => DeviceId {
-                        backend: be,
-                        ..device
-                    },
-                    None => find_device(&xs, &device.kind, device.frontend, device.devid)
-                        .await?
-                        .ok_or_else(|| anyhow!("no device {device} in XenStore"))?,
-                };
+                let id = named(&xs, &device, backend)
+                    .await?
+                    .ok_or_else(|| anyhow!("no device {device} in XenStore"))?;
                 let st = device_status(&xs, id.clone()).await?;
                 let be_keys = device_keys(&xs, &id.backend_dir()).await?;
                 let fe_keys = device_keys(&xs, &id.frontend_dir()).await?;
@@ -359,6 +345,18 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Ok(())
+    })
+}
+
+/// The device a command names: with `--backend`, that backend's; else the
+/// one XenStore knows (`None` if it knows none, or several).
+async fn named(xs: &XsClient, device: &DeviceId, backend: Option<u16>) -> Result<Option<DeviceId>> {
+    Ok(match backend {
+        Some(be) => Some(DeviceId {
+            backend: be,
+            ..device.clone()
+        }),
+        None => find_device(xs, &device.kind, device.frontend, device.devid).await?,
     })
 }
 
